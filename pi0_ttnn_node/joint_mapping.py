@@ -1,0 +1,156 @@
+"""Joint states from one or more JointState sources, merged by name into the model's joint order.
+
+Keeps a short time-keyed history per joint (default 1 s, at most 1024 samples per joint) so the state
+can be read at the observation time (the primary camera stamp). Missing joints are an error, never
+zero-filled. ROS counterpart: the node's JointState callbacks feed `add`; observation_sync.py reads.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from pi0_ttnn_node.errors import ConfigError, ObservationRejected
+
+logger = logging.getLogger(__name__)
+
+MAX_SAMPLES_PER_JOINT = 1024
+
+
+class _History:
+    """Stamps and positions of one joint, sorted by stamp."""
+
+    __slots__ = ("stamps", "values")
+
+    def __init__(self) -> None:
+        self.stamps: List[float] = []
+        self.values: List[float] = []
+
+    def insert(self, stamp: float, value: float) -> None:
+        if not self.stamps or stamp > self.stamps[-1]:
+            self.stamps.append(stamp)
+            self.values.append(value)
+            return
+        i = bisect.bisect_left(self.stamps, stamp)
+        if i < len(self.stamps) and self.stamps[i] == stamp:
+            self.values[i] = value  # the same instant from a second source: latest message wins
+        else:
+            self.stamps.insert(i, stamp)
+            self.values.insert(i, value)
+
+    def prune(self, horizon: float) -> None:
+        # drop samples older than `horizon`, always keeping the newest one
+        cut = min(bisect.bisect_left(self.stamps, horizon), len(self.stamps) - 1)
+        cut = max(cut, len(self.stamps) - MAX_SAMPLES_PER_JOINT)
+        if cut > 0:
+            del self.stamps[:cut]
+            del self.values[:cut]
+
+
+class JointStateCache:
+    """Merge JointState messages by name and look the configured joints up at a given time.
+
+    Lookup rule: for each joint the latest sample at or before `t`; when there is none, the earliest
+    sample after `t` if it is within `max_age` of `t` (a state message that arrived just after the
+    camera frame). A sample older than `t - max_age` is stale.
+    """
+
+    def __init__(self, joint_names: Sequence[str], history_s: float = 1.0) -> None:
+        names = list(joint_names)
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"joint_names must be non-empty and unique; got {names}")
+        if not (math.isfinite(history_s) and history_s > 0):
+            raise ConfigError(f"history_s must be a positive finite number; got {history_s}")
+        self.joint_names = tuple(names)
+        self.history_s = float(history_s)
+        self._index = {name: i for i, name in enumerate(names)}
+        self._hist = [_History() for _ in names]
+        self._lock = threading.Lock()
+        self._warned_zero_stamp = False
+
+    def add(self, stamp: float, names: Sequence[str], positions: Sequence[float],
+            receipt_time: Optional[float] = None) -> int:
+        """Store one JointState message; return how many configured joints it updated.
+
+        A zero stamp falls back to `receipt_time` (warned once). Raises ObservationRejected with
+        reason length_mismatch, duplicate_joints, zero_stamp or nonfinite_state. A non-finite
+        position of a configured joint is stored before raising, so observations built on it are
+        rejected until a finite sample replaces it; other joints of a refused message are ignored.
+        """
+        if len(names) != len(positions):
+            msg = f"JointState has {len(names)} names but {len(positions)} positions"
+            raise ObservationRejected("length_mismatch", msg)
+        if len(set(names)) != len(names):
+            dups = sorted({n for n in names if list(names).count(n) > 1})
+            raise ObservationRejected("duplicate_joints", f"JointState repeats joints {dups}")
+        stamp = self._effective_stamp(stamp, receipt_time)
+        picked = [(self._index[n], float(p)) for n, p in zip(names, positions) if n in self._index]
+        bad = [self.joint_names[i] for i, p in picked if not math.isfinite(p)]
+        if bad:
+            picked = [(i, p) for i, p in picked if not math.isfinite(p)]
+        with self._lock:
+            for i, p in picked:
+                hist = self._hist[i]
+                hist.insert(stamp, p)
+                hist.prune(hist.stamps[-1] - self.history_s)
+        if bad:
+            raise ObservationRejected("nonfinite_state", f"non-finite positions for joints {bad}")
+        return len(picked)
+
+    def _effective_stamp(self, stamp: float, receipt_time: Optional[float]) -> float:
+        if stamp > 0.0 and math.isfinite(stamp):
+            return float(stamp)
+        if receipt_time is None or not math.isfinite(stamp):
+            msg = f"JointState stamp is {stamp} and no receipt time was given; stamp the messages"
+            raise ObservationRejected("zero_stamp", msg)
+        if not self._warned_zero_stamp:
+            logger.warning("JointState header.stamp is 0; using receipt time instead "
+                           "(fix the publisher: sync with cameras is approximate)")
+            self._warned_zero_stamp = True
+        return float(receipt_time)
+
+    def lookup(self, t: float, max_age: float) -> np.ndarray:
+        """Return positions [n] in configured order at time `t` (see class docstring).
+
+        Raises ObservationRejected: missing_joints (never seen, listed), stale_state, nonfinite_state.
+        """
+        out = np.empty(len(self.joint_names), dtype=np.float64)
+        missing: List[str] = []
+        stale: Dict[str, float] = {}
+        with self._lock:
+            for i, hist in enumerate(self._hist):
+                if not hist.stamps:
+                    missing.append(self.joint_names[i])
+                    continue
+                j = bisect.bisect_right(hist.stamps, t) - 1
+                if j < 0:
+                    j = 0  # only samples after t: the earliest one, if close enough
+                age = abs(t - hist.stamps[j])
+                if age > max_age:
+                    stale[self.joint_names[i]] = round(age, 4)
+                out[i] = hist.values[j]
+        if missing:
+            msg = f"no JointState received for joints {missing}; check joint_states.topics"
+            raise ObservationRejected("missing_joints", msg)
+        if stale:
+            msg = f"joint state at t={t:.3f} is older than {max_age} s: ages {stale}"
+            raise ObservationRejected("stale_state", msg)
+        if not np.isfinite(out).all():
+            bad = [self.joint_names[i] for i in np.flatnonzero(~np.isfinite(out))]
+            raise ObservationRejected("nonfinite_state", f"latest positions of {bad} are non-finite")
+        return out
+
+    def latest_stamp(self) -> Optional[float]:
+        """Newest stamp over all joints, or None before the first message."""
+        with self._lock:
+            stamps = [h.stamps[-1] for h in self._hist if h.stamps]
+        return max(stamps) if stamps else None
+
+    def reset(self) -> None:
+        """Forget all samples (clock jumped back, or the node was reset)."""
+        with self._lock:
+            self._hist = [_History() for _ in self.joint_names]

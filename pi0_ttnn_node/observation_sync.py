@@ -1,0 +1,270 @@
+"""Assemble one time-consistent Observation from the latest camera frames, joint states and text.
+
+Observation time t_obs = the primary camera's header stamp; other cameras must lie within
+`max_camera_skew_s` (0.05 s) of it, ages are judged by header stamps against the node clock (so
+sim-time replay works), and frames are decoded only when an observation is built (worker thread).
+ROS counterpart: the node's callbacks call add_image / set_instruction; its worker calls build.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from pi0_ttnn_node.errors import ConfigError, ObservationRejected
+from pi0_ttnn_node.image_conversion import ImageRejected
+from pi0_ttnn_node.joint_mapping import JointStateCache
+from pi0_ttnn_node.preprocessing import Observation
+
+logger = logging.getLogger(__name__)
+
+FrameSource = Union[np.ndarray, Callable[[], np.ndarray]]
+# C0/C1 controls, zero-width and bidi formatting characters, lone surrogates (undecodable bytes)
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff"
+                            "\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Time bounds (seconds, node clock) and instruction rules for building observations."""
+
+    max_image_age_s: float = 0.25
+    max_state_age_s: float = 0.1
+    max_camera_skew_s: float = 0.05
+    future_tolerance_s: float = 0.05  # stamps ahead of the node clock by more than this: refused
+    max_instruction_chars: int = 2000  # checked on the raw text before any processing
+    default_instruction: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_age_s", "max_state_age_s", "max_camera_skew_s",
+                     "future_tolerance_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"sync.{name} must be a finite number >= 0; got {value!r}")
+        if self.max_instruction_chars <= 0:
+            msg = f"max_instruction_chars must be > 0; got {self.max_instruction_chars}"
+            raise ConfigError(msg)
+
+
+def clean_instruction(text: str, max_chars: int) -> str:
+    """Return the instruction with control characters turned into spaces, whitespace collapsed.
+
+    Control characters are removed rather than refused: pasted newlines and tabs are harmless,
+    but they must not reach the prompt, whose format ends with the tokenizer's own newline.
+    Raises ObservationRejected("instruction_too_long") before touching an oversized text.
+    """
+    if len(text) > max_chars:
+        msg = f"instruction has {len(text)} characters; the limit is {max_chars}"
+        raise ObservationRejected("instruction_too_long", msg)
+    return _WHITESPACE.sub(" ", _CONTROL_CHARS.sub(" ", text)).strip()
+
+
+class _Frame:
+    __slots__ = ("stamp", "source", "image")
+
+    def __init__(self, stamp: float, source: FrameSource) -> None:
+        self.stamp = stamp
+        self.source = source
+        self.image: Optional[np.ndarray] = source if isinstance(source, np.ndarray) else None
+
+
+class ObservationAssembler:
+    """Keep the latest frame per camera and the current instruction; build observations on demand.
+
+    Thread model: add_image / set_instruction from subscription callbacks, build from the one
+    inference worker. Decoding happens in build, once per frame (the result is cached).
+    """
+
+    def __init__(self, camera_names: Sequence[str], required: Sequence[bool], primary: str,
+                 joints: JointStateCache, config: SyncConfig = SyncConfig(),
+                 on_instruction_change: Optional[Callable[[str], None]] = None) -> None:
+        names = list(camera_names)
+        if not names or len(set(names)) != len(names) or len(required) != len(names):
+            msg = f"camera names {names} must be unique and match required flags {list(required)}"
+            raise ConfigError(msg)
+        if primary not in names or not required[names.index(primary)]:
+            raise ConfigError(f"primary camera '{primary}' must be one of {names} and required")
+        self.camera_names = tuple(names)
+        self.required = {n: bool(r) for n, r in zip(names, required)}
+        self.primary = primary
+        self.joints = joints
+        self.config = config
+        self._on_change = on_instruction_change
+        self._lock = threading.Lock()
+        self._frames: Dict[str, _Frame] = {}
+        self._zero_stamp_warned: set = set()
+        self._last_now: Optional[float] = None
+        self._instruction = config.default_instruction.strip()
+        self.instruction_version = 0
+        self.counters: Dict[str, int] = {}
+        self.masked: Dict[str, str] = {}  # optional cameras masked in the last build, and why
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def add_image(self, camera: str, stamp: float, frame: FrameSource,
+                  receipt_time: Optional[float] = None) -> bool:
+        """Store the newest frame of `camera`; return False when it is older than the stored one.
+
+        `frame` is an RGB array or a zero-argument decoder (image_conversion.*_decoder). A zero
+        stamp falls back to `receipt_time` with a one-time warning per camera; the frame then
+        carries transport delay in its age, which is why real stamps are preferred.
+        """
+        if camera not in self.required:
+            raise ConfigError(f"unknown camera '{camera}'; configured: {list(self.camera_names)}")
+        if not math.isfinite(stamp) or (stamp <= 0.0 and receipt_time is None):
+            msg = f"camera '{camera}' stamp is {stamp} and no receipt time was given"
+            self._count("zero_stamp")
+            raise ObservationRejected("zero_stamp", msg)
+        if stamp <= 0.0:
+            if camera not in self._zero_stamp_warned:
+                logger.warning("camera '%s' sends header.stamp 0; using receipt time", camera)
+                self._zero_stamp_warned.add(camera)
+            stamp = float(receipt_time)
+        with self._lock:
+            old = self._frames.get(camera)
+            if old is not None and stamp < old.stamp:
+                self._count_locked("out_of_order")
+                return False
+            self._frames[camera] = _Frame(float(stamp), frame)
+        return True
+
+    def set_instruction(self, text: str) -> bool:
+        """Set the task text; return True when the effective instruction changed.
+
+        Empty or whitespace-only text falls back to the default instruction (or none, so build
+        refuses with no_instruction). A refused text (too long) leaves the current one in force.
+        A change bumps `instruction_version` and calls `on_instruction_change` (reset the queue).
+        """
+        try:
+            cleaned = clean_instruction(text, self.config.max_instruction_chars)
+        except ObservationRejected as err:
+            self._count(err.reason)
+            raise
+        effective = cleaned or self.config.default_instruction.strip()
+        with self._lock:
+            changed = effective != self._instruction
+            self._instruction = effective
+            if changed:
+                self.instruction_version += 1
+        if not cleaned:
+            logger.warning("empty instruction received; using default '%s'", effective)
+        if changed and self._on_change is not None:
+            self._on_change(effective)
+        return changed
+
+    @property
+    def instruction(self) -> str:
+        return self._instruction
+
+    def reset(self) -> None:
+        """Forget frames, joint history and the clock reference (clock jumped back); keep the text."""
+        with self._lock:
+            self._frames.clear()
+            self._last_now = None
+        self.joints.reset()
+
+    # ---- build -------------------------------------------------------------------------------
+    def build(self, now: float) -> Observation:
+        """Return the observation at the primary camera's stamp, or raise ObservationRejected.
+
+        Reasons: clock_jump_back, no_instruction, camera_missing, stale_image, future_stamp,
+        camera_skew, the joint reasons (missing_joints, stale_state, nonfinite_state) and the
+        image reasons from decoding. An optional camera failing a check is masked (None) instead.
+        """
+        try:
+            return self._build(now)
+        except ObservationRejected as err:
+            self._count(err.reason)
+            raise
+
+    def _build(self, now: float) -> Observation:
+        with self._lock:
+            last, self._last_now = self._last_now, now
+            frames = dict(self._frames)
+            instruction = self._instruction
+        if last is not None and now < last:
+            self.reset()
+            raise ObservationRejected("clock_jump_back", f"clock went back from {last} to {now}")
+        if not instruction:
+            raise ObservationRejected("no_instruction", "no instruction and no default is set")
+        primary = frames.get(self.primary)
+        if primary is None:
+            raise ObservationRejected("camera_missing", f"no frame yet from '{self.primary}'")
+        t_obs = primary.stamp
+        used: Dict[str, _Frame] = {self.primary: primary}
+        masked: Dict[str, str] = {}
+        self._check_time(self.primary, t_obs, t_obs, now)
+        for name in self.camera_names:
+            if name == self.primary:
+                continue
+            try:
+                frame = frames.get(name)
+                if frame is None:
+                    raise ObservationRejected("camera_missing", f"no frame yet from '{name}'")
+                self._check_time(name, frame.stamp, t_obs, now)
+                used[name] = frame
+            except ObservationRejected as err:
+                if self.required[name]:
+                    raise
+                masked[name] = err.reason
+        state = self.joints.lookup(t_obs, self.config.max_state_age_s)
+        images: Dict[str, Optional[np.ndarray]] = {name: None for name in self.camera_names}
+        for name, frame in used.items():
+            images[name] = self._decode(name, frame)
+        self.masked = masked
+        for reason in masked.values():
+            self._count("masked_" + reason)
+        return Observation(images=images, state=state, instruction=instruction, timestamp=t_obs)
+
+    def _check_time(self, name: str, stamp: float, t_obs: float, now: float) -> None:
+        cfg = self.config
+        if stamp - now > cfg.future_tolerance_s:
+            msg = f"'{name}' stamp {stamp:.3f} is {stamp - now:.3f} s ahead of the clock {now:.3f}"
+            raise ObservationRejected("future_stamp", msg)
+        if now - stamp > cfg.max_image_age_s:
+            msg = f"'{name}' frame is {now - stamp:.3f} s old; limit {cfg.max_image_age_s} s"
+            raise ObservationRejected("stale_image", msg)
+        if abs(stamp - t_obs) > cfg.max_camera_skew_s:
+            msg = (f"'{name}' stamp differs from the primary's by {stamp - t_obs:+.3f} s; "
+                   f"limit {cfg.max_camera_skew_s} s")
+            raise ObservationRejected("camera_skew", msg)
+
+    def _decode(self, name: str, frame: _Frame) -> np.ndarray:
+        if frame.image is None:
+            try:
+                image = frame.source()
+            except ImageRejected:
+                self._drop(name, frame)
+                raise
+            except Exception as err:  # a decoder bug must not end the worker; the frame is bad
+                self._drop(name, frame)
+                raise ImageRejected("decode_failed", f"camera '{name}': {err!r}") from err
+            frame.image = image
+        if frame.image.ndim != 3 or frame.image.shape[2] != 3 or frame.image.dtype != np.uint8:
+            self._drop(name, frame)
+            msg = f"camera '{name}' frame is {frame.image.dtype} {frame.image.shape}; need HxWx3 uint8"
+            raise ImageRejected("bad_frame", msg)
+        return frame.image
+
+    def _drop(self, name: str, frame: _Frame) -> None:
+        # a frame that failed to decode is removed so the next build does not retry it
+        with self._lock:
+            if self._frames.get(name) is frame:
+                del self._frames[name]
+
+    def frame_stamps(self) -> Dict[str, Tuple[float, bool]]:
+        """Stamp and decoded flag of each stored frame (diagnostics)."""
+        with self._lock:
+            return {n: (f.stamp, f.image is not None) for n, f in self._frames.items()}
+
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self._count_locked(reason)
+
+    def _count_locked(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1

@@ -1,0 +1,74 @@
+"""Torch backend: PI0Model on CPU or CUDA, fp32 (default) or bfloat16.
+
+Counterpart of ttnn_backend/backend.py. Weights are loaded once at construction; each call runs
+vision, prefix (K/V cached once) and the Euler loop, then returns the chunk as numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from pi0_ttnn_node.checkpoint import LoadedCheckpoint
+from pi0_ttnn_node.errors import BackendUnavailableError, ConfigError
+from pi0_ttnn_node.preprocessing import ModelInputs
+from pi0_ttnn_node.torch_backend.torch_pi0_model import PI0Model
+
+LOG = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_torch_device(name: str) -> torch.device:
+    """Parse `cpu`, `cuda`, `cuda:N`; fail clearly when CUDA is asked for but absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"torch_device {name!r} is not a torch device; use cpu or cuda[:N]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"torch_device {name!r} requested but CUDA is not available "
+                                      "on this machine; use torch_device: cpu")
+    return device
+
+
+class TorchBackend:
+    """The reference backend; also the golden the TTNN backend is measured against."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: LoadedCheckpoint, options: Any) -> None:
+        if options.torch_dtype not in _DTYPES:
+            raise ConfigError(f"torch_dtype {options.torch_dtype!r} is not supported; expected one "
+                              f"of {sorted(_DTYPES)}")
+        if options.torch_threads > 0:
+            torch.set_num_threads(options.torch_threads)
+        self.device = resolve_torch_device(options.torch_device)
+        self.dtype = _DTYPES[options.torch_dtype]
+        self.config = checkpoint.config
+        model = PI0Model(self.config)
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        LOG.info("torch backend ready: %s on %s (%s)", self.config.model_type, self.device,
+                 options.torch_dtype)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": "torch", "device": str(self.device), "dtype": str(self.dtype),
+                "emulated": False, "model_type": self.config.model_type}
+
+    def sample_actions(self, inputs: ModelInputs, noise: torch.Tensor,
+                       num_steps: Optional[int] = None) -> np.ndarray:
+        x = inputs.to(self.device, self.dtype)
+        state = None if self.config.is_pi05 else x.state
+        actions = self.model.sample_actions(
+            x.images, x.img_masks, x.lang_tokens, x.lang_masks, state,
+            noise=noise.to(self.device, torch.float32), num_steps=num_steps)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return actions.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
