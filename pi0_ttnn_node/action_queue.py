@@ -3,7 +3,8 @@
 Every action has an absolute node-clock time t_obs + i*dt (dt = 1/control_rate_hz, 20 ms at 50 Hz).
 Async mode starts inference d = ceil(p95 latency / dt) + margin steps before the planned switch and
 drops the actions that elapsed meanwhile; sync mode plays execute_steps, holds, re-plans (openpi).
-ROS counterpart: the node's control timer calls tick / should_request_inference, its worker on_chunk.
+ROS counterpart: the node's control timer calls tick and should_request_inference; its worker
+calls on_chunk.
 """
 from __future__ import annotations
 
@@ -303,7 +304,7 @@ class ActionScheduler:
         return times[dropped:], chunk[dropped:], dropped
 
     def _old_reference(self, times: np.ndarray) -> Optional[np.ndarray]:
-        """Old command at the new chunk's times (held at its last point), or None without a queue."""
+        """Old command at the new chunk's times (held at its last point); None without a queue."""
         if self._times is None:
             return None
         out = np.empty((times.shape[0], self.num_joints))
@@ -340,7 +341,7 @@ class ActionScheduler:
 
     # ---- reset -------------------------------------------------------------------------------
     def reset(self, reason: str = "reset") -> None:
-        """Drop the queue (instruction change, clock jump, ~/reset); an in-flight result is discarded."""
+        """Drop the queue (instruction change, clock jump, ~/reset); discard in-flight results."""
         with self._lock:
             self._reset_locked(reason)
 

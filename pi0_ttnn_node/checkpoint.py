@@ -3,8 +3,9 @@
 Safetensors only, read tensor by tensor (full PI0 fp32 is ~13 GB: never two copies in memory).
 Key rules mirror lerobot `PI0Policy.from_pretrained` / `PI05Policy._fix_pytorch_state_dict_keys`:
 optional `model.` prefix; embed_tokens copied from the PaliGemma lm_head when absent (openpi files);
-both lm_heads skipped; for PI0.5, `state_proj.*` and plain expert norm `.weight` keys are dropped
-(an adaRMS expert has no use for them) and `action_time_mlp_*` is read as `time_mlp_*`.
+both lm_heads skipped; `time_mlp_*` and `action_time_mlp_*` read as the model type's name; for
+PI0.5, `state_proj.*` and plain expert norm `.weight` keys are dropped (unused by an adaRMS expert).
+lerobot applies these rules to un-prefixed keys only; here they apply to both spellings.
 Writing lives in checkpoint_writer.py.
 """
 
@@ -126,6 +127,11 @@ def _hints(cfg: PI0Config, keys: List[str], missing: List[str], misshaped: List[
     return ("; hint: " + "; ".join(hints)) if hints else ""
 
 
+def _shown(key: str, internal: str) -> str:
+    """A checkpoint key, plus the name it was read as when a rename rule applied."""
+    return key if ck.to_internal_key(key) == internal else f"{key} (read as {internal})"
+
+
 def _plan(cfg: PI0Config, sources: List[_Source], where: str,
           strict: bool) -> Tuple[Dict[str, _Source], List[str]]:
     """Map checkpoint keys to internal names and validate them against the configuration."""
@@ -148,6 +154,8 @@ def _plan(cfg: PI0Config, sources: List[_Source], where: str,
             continue
         if cfg.is_pi05 and internal.startswith("action_time_mlp_"):
             internal = internal[len("action_"):]
+        elif not cfg.is_pi05 and internal.startswith("time_mlp_"):
+            internal = "action_" + internal  # a PI0.5 file then fails on shape, with a hint
         if internal in plan:
             raise CheckpointError(f"{where}: {plan[internal].key!r} and {src.key!r} both map to "
                                   f"{internal!r}; the file mixes prefixed and plain keys")
@@ -171,7 +179,7 @@ def _plan(cfg: PI0Config, sources: List[_Source], where: str,
             parts.append("unexpected tensors " + _listing(unexpected))
         if misshaped:
             parts.append("mis-shaped tensors " + _listing(
-                [f"{plan[k].key} expected {expected[k]} got {plan[k].info.shape}"
+                [f"{_shown(plan[k].key, k)} expected {expected[k]} got {plan[k].info.shape}"
                  for k in misshaped]))
         msg = (f"checkpoint {where} does not match the {cfg.model_type} configuration: "
                + "; ".join(parts) + _hints(cfg, [s.key for s in sources], missing, misshaped))

@@ -1,8 +1,9 @@
 """Joint states from one or more JointState sources, merged by name into the model's joint order.
 
-Keeps a short time-keyed history per joint (default 1 s, at most 1024 samples per joint) so the state
-can be read at the observation time (the primary camera stamp). Missing joints are an error, never
-zero-filled. ROS counterpart: the node's JointState callbacks feed `add`; observation_sync.py reads.
+Keeps a short time-keyed history per joint (default 1 s, at most 1024 samples per joint) so the
+state can be read at the observation time (the primary camera stamp). Missing joints are an error,
+never zero-filled. ROS counterpart: the node's JointState callbacks feed `add`; observation_sync.py
+reads it.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ class JointStateCache:
     def lookup(self, t: float, max_age: float) -> np.ndarray:
         """Return positions [n] in configured order at time `t` (see class docstring).
 
-        Raises ObservationRejected: missing_joints (never seen, listed), stale_state, nonfinite_state.
+        Raises ObservationRejected: missing_joints (never seen, listed), stale_state,
+        nonfinite_state.
         """
         out = np.empty(len(self.joint_names), dtype=np.float64)
         missing: List[str] = []
@@ -141,7 +143,8 @@ class JointStateCache:
             raise ObservationRejected("stale_state", msg)
         if not np.isfinite(out).all():
             bad = [self.joint_names[i] for i in np.flatnonzero(~np.isfinite(out))]
-            raise ObservationRejected("nonfinite_state", f"latest positions of {bad} are non-finite")
+            msg = f"latest positions of {bad} are non-finite"
+            raise ObservationRejected("nonfinite_state", msg)
         return out
 
     def latest_stamp(self) -> Optional[float]:

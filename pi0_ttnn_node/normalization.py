@@ -189,26 +189,35 @@ def _feature_stats(flat: Mapping[str, np.ndarray], prefix: str, mode: str, dim: 
     return fs
 
 
-def _normalizer_step(root: Path, json_name: str, registry_name: str) -> Tuple[Path, dict]:
-    """Find the (un)normalizer step in a lerobot pipeline JSON; return its state file and config."""
+_STEP_CLASSES = {"normalizer_processor": "NormalizerProcessorStep",
+                 "unnormalizer_processor": "UnnormalizerProcessorStep"}
+
+
+def _normalizer_step(root: Path, json_name: str,
+                     registry_name: str) -> Tuple[Optional[Path], dict]:
+    """Find the (un)normalizer step in a lerobot pipeline JSON; return its state file and config.
+
+    The state file is None when lerobot saved no statistics (it skips empty state dicts).
+    """
     path = root / json_name
     if not path.is_file():
         raise CheckpointError(f"{root} has no {json_name}; lerobot checkpoints keep their "
                               "normalisation statistics in the processor pipeline files")
     try:
-        pipeline = json.loads(path.read_text())
-        steps = list(pipeline["steps"])
+        steps = [s for s in json.loads(path.read_text())["steps"] if isinstance(s, dict)]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot parse {path}: {err}; expected {{'steps': [...]}}") from err
     for step in steps:
-        name = step.get("registry_name") or str(step.get("class", "")).rsplit(".", 1)[-1]
-        if name in (registry_name, "NormalizerProcessorStep" if registry_name ==
-                    "normalizer_processor" else "UnnormalizerProcessorStep"):
-            state_file = step.get("state_file")
-            if not state_file or Path(state_file).name != state_file:
-                raise CheckpointError(f"{path}: the {registry_name} step names no valid "
-                                      f"state_file (got {state_file!r})")
-            return root / state_file, dict(step.get("config") or {})
+        class_name = str(step.get("class", "")).rsplit(".", 1)[-1]
+        if (step.get("registry_name") != registry_name
+                and class_name != _STEP_CLASSES[registry_name]):
+            continue
+        state_file = step.get("state_file")
+        if state_file is not None and (not isinstance(state_file, str)
+                                       or Path(state_file).name != state_file):
+            raise CheckpointError(f"{path}: the {registry_name} step names an invalid "
+                                  f"state_file {state_file!r}; expected a file name")
+        return (root / state_file if state_file else None), dict(step.get("config") or {})
     raise CheckpointError(f"{path} has no {registry_name} step; cannot find the statistics")
 
 
@@ -223,10 +232,12 @@ def _lerobot_stats(root: Path, features: FeaturesConfig) -> NormStats:
         if mode != cfg_mode:
             LOG.warning("processor norm_map says %s=%s but config.json says %s; using the "
                         "processor's, as lerobot does", what, mode, cfg_mode)
-    state = _feature_stats(load_small_file(pre_file), STATE_KEY, state_mode, features.state_dim,
-                           str(pre_file), exact=True)
-    action = _feature_stats(load_small_file(post_file), ACTION_KEY, action_mode,
-                            features.action_dim, str(post_file), exact=True)
+    pre = load_small_file(pre_file) if pre_file else {}
+    post = load_small_file(post_file) if post_file else {}
+    state = _feature_stats(pre, STATE_KEY, state_mode, features.state_dim,
+                           str(pre_file or root / PREPROCESSOR_JSON), exact=True)
+    action = _feature_stats(post, ACTION_KEY, action_mode, features.action_dim,
+                            str(post_file or root / POSTPROCESSOR_JSON), exact=True)
     eps = float(pre_cfg.get("eps", LEROBOT_EPS))
     return NormStats(state, action, state_mode, action_mode, "lerobot", eps)
 

@@ -162,7 +162,7 @@ class ObservationAssembler:
         return self._instruction
 
     def reset(self) -> None:
-        """Forget frames, joint history and the clock reference (clock jumped back); keep the text."""
+        """Forget frames, joint history and the clock reference (clock jumped back); keep text."""
         with self._lock:
             self._frames.clear()
             self._last_now = None
@@ -247,7 +247,8 @@ class ObservationAssembler:
             frame.image = image
         if frame.image.ndim != 3 or frame.image.shape[2] != 3 or frame.image.dtype != np.uint8:
             self._drop(name, frame)
-            msg = f"camera '{name}' frame is {frame.image.dtype} {frame.image.shape}; need HxWx3 uint8"
+            shape = frame.image.shape
+            msg = f"camera '{name}' frame is {frame.image.dtype} {shape}; need HxWx3 uint8"
             raise ImageRejected("bad_frame", msg)
         return frame.image
 

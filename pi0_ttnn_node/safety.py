@@ -20,7 +20,7 @@ ACTION_SPACES = ("absolute_position", "delta_position", "velocity")
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-joint limits [n] in robot units (rad, rad/s); a scalar start jump applies to all joints."""
+    """Per-joint limits [n] in robot units (rad, rad/s); a scalar start jump covers all joints."""
 
     position_lower: np.ndarray
     position_upper: np.ndarray

@@ -114,8 +114,13 @@ class TrajectoryBuilder:
         self._empty = array.array("d")
 
     def build(self, positions: np.ndarray, velocities: Optional[np.ndarray] = None,
-              stamp: Optional[float] = None, frame_id: str = "") -> JointTrajectory:
-        """positions/velocities [T, n] in joint_names order; stamp None = 0 (start on arrival)."""
+              stamp: Optional[float] = None, frame_id: str = "",
+              time_from_start: Optional[np.ndarray] = None) -> JointTrajectory:
+        """positions/velocities [T, n] in joint_names order; stamp None = 0 (start on arrival).
+
+        `time_from_start` [T] (seconds, strictly increasing) replaces the preset j * dt grid, for
+        queued actions whose absolute times are not a whole number of periods from now.
+        """
         count, n = positions.shape
         if n != len(self.joint_names) or count == 0 or count > len(self._points):
             raise ValueError(f"positions {positions.shape} do not fit {len(self.joint_names)} "
@@ -126,6 +131,10 @@ class TrajectoryBuilder:
         for j, point in enumerate(points):
             point.positions = _doubles(pos64[j])
             point.velocities = self._empty if vel64 is None else _doubles(vel64[j])
+        if time_from_start is not None:
+            nanos = np.round(np.asarray(time_from_start, dtype=np.float64) * 1e9).astype(np.int64)
+            for point, ns in zip(points, nanos.tolist()):
+                point.time_from_start.sec, point.time_from_start.nanosec = divmod(ns, 1_000_000_000)
         self.msg.points = points
         self.msg.header.stamp = sec_to_stamp(stamp) if stamp else Time()
         self.msg.header.frame_id = frame_id

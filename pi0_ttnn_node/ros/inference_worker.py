@@ -33,7 +33,7 @@ class InferenceResult:
     state: np.ndarray  # [state_dim] the observation's joint state (delta/velocity spaces)
     t_obs: float  # node-clock seconds (primary camera stamp)
     latency_s: float  # steady-clock duration of build + sample
-    generation: int  # the reset generation it was requested in; stale ones are dropped
+    request_id: int  # the scheduler request it answers; results of a reset queue are refused
     backend: str
     timings_ms: Dict[str, float]
     truncated_prompt: bool
@@ -66,14 +66,15 @@ class InferenceWorker:
     Callbacks run on the worker thread: keep them short (queue a chunk, bump a counter).
     `make_policy(spec)` builds a policy for a backend spec; `warmup(policy)` runs the warm-up and
     returns its latencies in seconds; `build_observation()` returns the current Observation or
-    raises ObservationRejected.
+    raises ObservationRejected. `request_id` (the scheduler's) travels with each inference and
+    comes back in every result, refusal and failure callback.
     """
 
     def __init__(self, make_policy: Callable[[Any], Any], warmup: Callable[[Any], List[float]],
                  build_observation: Callable[[], Any],
                  on_result: Callable[[InferenceResult], None],
-                 on_reject: Callable[[ObservationRejected], None],
-                 on_failure: Callable[[str, BaseException], None],
+                 on_reject: Callable[[int, ObservationRejected], None],
+                 on_failure: Callable[[str, int, BaseException], None],
                  on_divergence: Callable[[Divergence], None],
                  on_backend: Callable[[str, Any, Optional[BaseException]], None]) -> None:
         self._make_policy, self._warmup = make_policy, warmup
@@ -82,7 +83,7 @@ class InferenceWorker:
         self._on_divergence, self._on_backend = on_divergence, on_backend
         self._cond = threading.Condition()
         self._tasks: List[tuple] = []
-        self._inference_generation: Optional[int] = None
+        self._inference_request_id: Optional[int] = None
         self._pending_switch: Optional[Any] = None
         self._pending_shadow: Optional[tuple] = None  # (spec or None,)
         self._stop = False
@@ -120,7 +121,7 @@ class InferenceWorker:
     def busy(self) -> bool:
         """True while an inference is requested or running."""
         with self._cond:
-            return self._in_flight or self._inference_generation is not None
+            return self._in_flight or self._inference_request_id is not None
 
     # ---- requests (any thread) -----------------------------------------------------------------
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -135,12 +136,12 @@ class InferenceWorker:
         """Build and warm the primary policy; the Future holds the warm-up latencies (s)."""
         return self.call(lambda: self._load_primary(spec))
 
-    def request_inference(self, generation: int) -> bool:
+    def request_inference(self, request_id: int) -> bool:
         """Ask for one inference; False when one is already requested or running."""
         with self._cond:
-            if self._in_flight or self._inference_generation is not None or self.policy is None:
+            if self._in_flight or self._inference_request_id is not None or self.policy is None:
                 return False
-            self._inference_generation = generation
+            self._inference_request_id = request_id
             self._cond.notify_all()
             return True
 
@@ -160,17 +161,17 @@ class InferenceWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stop or self._tasks or self._inference_generation is not None
+                while not (self._stop or self._tasks or self._inference_request_id is not None
                            or self._pending_switch is not None or self._pending_shadow):
                     self._cond.wait()
                 if self._tasks:
                     job = ("task", self._tasks.pop(0))
                 elif self._stop:
                     return
-                elif self._inference_generation is not None:
+                elif self._inference_request_id is not None:
                     # an inference first: the old backend refills the queue before a switch
-                    job = ("infer", self._inference_generation)
-                    self._inference_generation, self._in_flight = None, True
+                    job = ("infer", self._inference_request_id)
+                    self._inference_request_id, self._in_flight = None, True
                 elif self._pending_switch is not None:
                     job, self._pending_switch = ("switch", self._pending_switch), None
                 else:
@@ -187,6 +188,8 @@ class InferenceWorker:
         elif kind == "infer":
             try:
                 self._infer(arg)
+            except Exception:  # noqa: BLE001 - a failing callback must not end the worker
+                LOG.error("inference callback raised:\n%s", traceback.format_exc())
             finally:
                 with self._cond:
                     self._in_flight = False
@@ -239,15 +242,15 @@ class InferenceWorker:
         self.shadow, self.shadow_spec = policy, spec
         self._on_backend("shadow", spec, None)
 
-    def _infer(self, generation: int) -> None:
+    def _infer(self, request_id: int) -> None:
         t0 = time.perf_counter()
         try:
             obs = self._build_observation()
         except ObservationRejected as err:
-            self._on_reject(err)
+            self._on_reject(request_id, err)
             return
         except Exception as err:  # noqa: BLE001 - a bug must not end the worker
-            self._on_failure("observation", err)
+            self._on_failure("observation", request_id, err)
             LOG.error("building the observation failed:\n%s", traceback.format_exc())
             return
         policy = self.policy
@@ -255,25 +258,25 @@ class InferenceWorker:
             noise = policy.noise.draw(policy.noise_shape(1))
             chunk = policy.sample([obs], noise=noise)
         except Exception as err:  # noqa: BLE001 - counted; the node holds after N in a row
-            self._on_failure("inference", err)
+            self._on_failure("inference", request_id, err)
             if not isinstance(err, Pi0Error):
                 LOG.error("inference raised:\n%s", traceback.format_exc())
             return
         latency = time.perf_counter() - t0
         self._on_result(InferenceResult(
             actions=chunk.actions[0], state=np.asarray(obs.state, dtype=np.float64),
-            t_obs=obs.timestamp, latency_s=latency, generation=generation,
+            t_obs=obs.timestamp, latency_s=latency, request_id=request_id,
             backend=str(getattr(self.spec, "backend", self.spec)), timings_ms=chunk.timings_ms,
             truncated_prompt=bool(chunk.truncated_prompt and chunk.truncated_prompt[0])))
         if self.shadow is not None:
-            self._run_shadow(obs, noise, chunk.actions[0])
+            self._run_shadow(obs, noise, chunk.actions[0], request_id)
 
-    def _run_shadow(self, obs: Any, noise: Any, primary: np.ndarray) -> None:
+    def _run_shadow(self, obs: Any, noise: Any, primary: np.ndarray, request_id: int) -> None:
         t0 = time.perf_counter()
         try:
             other = self.shadow.sample([obs], noise=noise).actions[0]
         except Exception as err:  # noqa: BLE001 - shadow failures never touch the output
-            self._on_failure("shadow", err)
+            self._on_failure("shadow", request_id, err)
             return
         diff = np.abs(np.asarray(primary, np.float64) - np.asarray(other, np.float64))
         self._on_divergence(Divergence(

@@ -258,6 +258,7 @@ class EmulatedDevice:
     # -- patching --------------------------------------------------------------------------------
     def _patch_all(self) -> None:
         ttnn = self.ttnn
+        fast_operation = type(ttnn.linear)  # read before ttnn.linear itself is replaced
         table = emulated_ops.op_table()
         for qualified, impl in table.items():
             module, name = self._resolve(qualified)
@@ -267,7 +268,6 @@ class EmulatedDevice:
                 continue
             self.originals[qualified] = original
             self._set(module, name, self._emulated(qualified, original, impl))
-        fast_operation = type(ttnn.linear)
         for module in [ttnn] + [getattr(ttnn, sub) for sub in SUBMODULES]:
             prefix = "" if module is ttnn else module.__name__.split(".")[-1] + "."
             for name, value in list(vars(module).items()):
@@ -313,10 +313,8 @@ class EmulatedDevice:
                     tensor._stale = True
             return result
 
-        emulated_op.__name__ = qualified.split(".")[-1]
         emulated_op.__doc__ = f"EMULATED ttnn.{qualified} (CPU); real op: {original!r}"
-        emulated_op.__wrapped__ = original
-        return emulated_op
+        return _like(emulated_op, qualified, original)
 
     def _guarded(self, qualified: str, original: Any) -> Callable:
         def guarded_op(*args: Any, **kwargs: Any) -> Any:
@@ -327,9 +325,7 @@ class EmulatedDevice:
                 )
             return original(*args, **kwargs)
 
-        guarded_op.__name__ = qualified.split(".")[-1]
-        guarded_op.__wrapped__ = original
-        return guarded_op
+        return _like(guarded_op, qualified, original)
 
     # -- trace capture and replay ------------------------------------------------------------------
     def begin_capture(self, cq_id: Any) -> int:
@@ -382,6 +378,17 @@ class EmulatedDevice:
             raise RuntimeError(
                 f"cq_id={cq_id} but {self!r} was opened with num_command_queues={self.num_command_queues}"
             )
+
+
+def _like(replacement: Callable, qualified: str, original: Any) -> Callable:
+    """Give a replacement the name and golden-function attributes of the real op (goldens look them up)."""
+    replacement.__name__ = qualified.split(".")[-1]
+    replacement.__wrapped__ = original
+    for attr in ("golden_function", "preprocess_golden_function_inputs", "postprocess_golden_function_outputs",
+                 "python_fully_qualified_name"):
+        if hasattr(original, attr):
+            setattr(replacement, attr, getattr(original, attr))
+    return replacement
 
 
 def _tensors_in(value: Any, device: EmulatedDevice) -> List[Any]:

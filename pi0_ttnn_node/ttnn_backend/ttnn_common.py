@@ -58,8 +58,9 @@ def create_sinusoidal_pos_embedding_ttnn(time: Union[float, "ttnn.Tensor"],
         time: a Python float (scalar timestep, gives [1, dim]) or a float32 device tensor [B, 1].
         inv_period: resident float32 [1, dim // 2] from `sinusoid_frequencies`.
 
-    The phase t / period reaches 250 cycles at the shortest period, so it is reduced to its
-    fractional part before sin/cos: the device's sin/cos then only see arguments in [0, 2 pi).
+    The phase t / period reaches 250 cycles at the shortest period, so whole cycles are removed
+    first (a float32 -> uint32 -> float32 round trip gives an integer n; truncating or rounding
+    both work): the device's sin/cos then only see arguments within one period of zero.
     """
     if isinstance(time, (int, float)):
         cycles = ttnn.multiply(inv_period, float(time))  # [1, half]
@@ -67,5 +68,6 @@ def create_sinusoidal_pos_embedding_ttnn(time: Union[float, "ttnn.Tensor"],
         half = inv_period.shape[-1]
         # [B, 1] -> [B, half] first: an explicit repeat keeps the multiply a plain row broadcast.
         cycles = ttnn.multiply(ttnn.repeat(time, (1, half)), inv_period)
-    angle = ttnn.multiply(ttnn.frac(cycles), 2.0 * math.pi)
+    whole = ttnn.typecast(ttnn.typecast(cycles, ttnn.uint32), ttnn.float32)
+    angle = ttnn.multiply(ttnn.subtract(cycles, whole), 2.0 * math.pi)
     return ttnn.concat([ttnn.sin(angle), ttnn.cos(angle)], dim=-1)

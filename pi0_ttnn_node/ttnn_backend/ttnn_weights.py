@@ -18,7 +18,8 @@ from torch import Tensor
 
 from pi0_ttnn_node.config import GemmaConfig, PI0Config, SiglipConfig
 from pi0_ttnn_node.errors import CheckpointError, ConfigError
-from pi0_ttnn_node.ttnn_backend.ttnn_common import DTYPE_NAMES, TILE, get_ttnn_dtype, round_up
+from pi0_ttnn_node.ttnn_backend.ttnn_common import (DTYPE_NAMES, TILE, get_ttnn_dtype, round_up,
+                                                    sinusoid_frequencies)
 
 StateDict = Mapping[str, Tensor]
 TTNN_WEIGHT_DTYPES = ("bfloat16", "bfloat8_b")
@@ -206,12 +207,31 @@ def _norm_specs(name: str, g: GemmaConfig, group: str, dt: str) -> Iterator[Tens
                          _adarms_part(f"{name}.dense", w, part, "bias"))
 
 
-def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str) -> Iterator[TensorSpec]:
+def _fused_kv(prefix: str, kv_heads: int, head_dim: int) -> Callable[[StateDict], Tensor]:
+    """k and v only (no q), fused on the out dim and transposed: [in, 2 Hkv hdp]."""
+
+    def build(sd: StateDict) -> Tensor:
+        parts = [_pad_heads_out(_get(sd, f"{prefix}{p}_proj.weight"), kv_heads, head_dim)
+                 for p in ("k", "v")]
+        return torch.cat(parts, dim=0).t().contiguous()
+
+    return build
+
+
+def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str,
+                 prefill_only: bool = False) -> Iterator[TensorSpec]:
+    """One Gemma stack. `prefill_only` (the VLM): the last layer keeps only its input norm and
+    K/V projection and there is no final norm, since prefill uses nothing else of them."""
     w, hdp = g.width, padded_head_dim(g.head_dim)
     qkv_out = (g.num_heads + 2 * g.num_kv_heads) * hdp
     for i in range(g.depth):
         p = f"{stack}.layers.{i}."
         a = f"{p}self_attn."
+        if prefill_only and i == g.depth - 1:
+            yield TensorSpec(f"{a}wkv", group, (w, 2 * g.num_kv_heads * hdp), dt, "TILE",
+                             _fused_kv(a, g.num_kv_heads, g.head_dim))
+            yield from _norm_specs(f"{p}input_layernorm", g, group, dt)
+            continue
         yield TensorSpec(f"{a}wqkv", group, (w, qkv_out), dt, "TILE",
                          _fused_qkv(a, g.num_heads, g.num_kv_heads, g.head_dim, "weight"))
         yield TensorSpec(f"{a}o_proj.weight", group, (g.num_heads * hdp, w), dt, "TILE",
@@ -222,7 +242,8 @@ def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str) -> Iterator[Te
                              _linear_t(f"{p}mlp.{proj}.weight"))
         for norm in ("input_layernorm", "post_attention_layernorm"):
             yield from _norm_specs(f"{p}{norm}", g, group, dt)
-    yield from _norm_specs(f"{stack}.norm", g, group, dt)
+    if not prefill_only:
+        yield from _norm_specs(f"{stack}.norm", g, group, dt)
 
 
 def _head_specs(cfg: PI0Config, dt: str) -> Iterator[TensorSpec]:
@@ -238,6 +259,9 @@ def _head_specs(cfg: PI0Config, dt: str) -> Iterator[TensorSpec]:
                          _linear_t(f"{name}.weight"))
         yield TensorSpec(f"{name}.bias", "heads", (1, fan_out), "bfloat16", "TILE",
                          _row(f"{name}.bias"))
+    # float32: the phase t / period needs more than bf16's 8 bits (see create_sinusoidal_...).
+    yield TensorSpec("time.inv_period", "heads", (1, w // 2), "float32", "TILE",
+                     lambda sd: sinusoid_frequencies(w, cfg.min_period, cfg.max_period))
 
 
 def max_rope_positions(cfg: PI0Config) -> int:
@@ -276,7 +300,7 @@ def weight_plan(cfg: PI0Config, dtypes: WeightDtypes) -> List[TensorSpec]:
                    (cfg.vlm.vocab_size, cfg.vlm.width), "bfloat16", "ROW_MAJOR",
                    lambda sd: _get(sd, "language_model.embed_tokens.weight")),
     ]
-    specs += list(_gemma_specs("language_model", cfg.vlm, "vlm", dtypes.vlm))
+    specs += list(_gemma_specs("language_model", cfg.vlm, "vlm", dtypes.vlm, prefill_only=True))
     specs += list(_gemma_specs("gemma_expert", cfg.expert, "expert", dtypes.expert))
     specs += list(_head_specs(cfg, dtypes.heads))
     specs += list(_table_specs(cfg))

@@ -115,11 +115,13 @@ def test_non_strict_load_keeps_the_good_tensors(saved):
     assert "action_in_proj.bias" not in sd and "action_in_proj.weight" in sd
 
 
-def test_pi0_config_on_a_pi05_checkpoint_hints_at_the_model_type(tmp_path):
-    cfg05 = tiny_config("pi05")
-    path = save_checkpoint(tmp_path, cfg05, random_state_dict(cfg05), tiny_norm_stats(cfg05))
-    with pytest.raises(CheckpointError, match="is this a PI0.5 checkpoint"):
-        load_model_state_dict(path, tiny_config("pi0"))
+@pytest.mark.parametrize("saved_as,loaded_as,hint", [("pi05", "pi0", "a PI0.5 checkpoint"),
+                                                     ("pi0", "pi05", "a PI0 checkpoint")])
+def test_wrong_model_type_hints_at_the_right_one(tmp_path, saved_as, loaded_as, hint):
+    cfg = tiny_config(saved_as)
+    path = save_checkpoint(tmp_path, cfg, random_state_dict(cfg), tiny_norm_stats(cfg))
+    with pytest.raises(CheckpointError, match=f"time_mlp_in.weight.*is this {hint}"):
+        load_model_state_dict(path, tiny_config(loaded_as))
 
 
 def test_pi05_drops_state_proj_and_plain_expert_norms_like_lerobot(tmp_path):
@@ -134,15 +136,17 @@ def test_pi05_drops_state_proj_and_plain_expert_norms_like_lerobot(tmp_path):
     assert sorted(loaded.ignored_keys) == sorted(extra)
 
 
-def test_pi05_reads_action_time_mlp_as_time_mlp(tmp_path):
-    cfg = tiny_config("pi05")
+@pytest.mark.parametrize("model_type,ours,theirs", [("pi05", "time_mlp", "action_time_mlp"),
+                                                    ("pi0", "action_time_mlp", "time_mlp")])
+def test_time_mlp_names_are_read_as_the_model_types_own(tmp_path, model_type, ours, theirs):
+    cfg = tiny_config(model_type)
     sd = random_state_dict(cfg)
     path = save_checkpoint(tmp_path, cfg, sd, tiny_norm_stats(cfg))
     rewrite_weights(path, lambda t: t.update(
-        {k.replace("model.time_mlp", "model.action_time_mlp"): t.pop(k)
-         for k in [k for k in t if k.startswith("model.time_mlp")]}))
+        {k.replace(f"model.{ours}", f"model.{theirs}"): t.pop(k)
+         for k in [k for k in t if k.startswith(f"model.{ours}")]}))
     loaded = load_checkpoint(path)
-    assert torch.equal(loaded.state_dict["time_mlp_in.weight"], sd["time_mlp_in.weight"])
+    assert torch.equal(loaded.state_dict[f"{ours}_in.weight"], sd[f"{ours}_in.weight"])
 
 
 def test_sharded_checkpoint_loads_through_its_index(saved):

@@ -170,3 +170,18 @@ def test_lerobot_stats_of_the_wrong_length_raise(lerobot_dir):
 def test_directory_without_statistics_raises(tmp_path):
     with pytest.raises(CheckpointError, match="normalisation statistics"):
         load_norm_stats(tmp_path, FeaturesConfig())
+
+
+def test_identity_modes_need_no_statistics_file(lerobot_dir):
+    root, cfg, _ = lerobot_dir
+    for json_name in ("policy_preprocessor.json", "policy_postprocessor.json"):
+        pipeline = json.loads((root / json_name).read_text())
+        for step in pipeline["steps"]:
+            step.pop("state_file", None)
+            if "norm_map" in step["config"]:
+                step["config"]["norm_map"] = {"STATE": "IDENTITY", "ACTION": "IDENTITY"}
+        (root / json_name).write_text(json.dumps(pipeline))
+    stats = load_norm_stats(root, FeaturesConfig(state_dim=8, action_dim=7, state_norm="IDENTITY",
+                                                 action_norm="IDENTITY"))
+    assert (stats.state_mode, stats.action_mode) == ("IDENTITY", "IDENTITY")
+    assert Normalizer(stats).normalize_state(np.ones(8)).tolist() == [1.0] * 8

@@ -2,9 +2,10 @@
 
 lerobot hard-codes the published sizes (Gemma 2B + 300M, SigLIP So400m, vocabulary 257152). To get
 a tiny model through lerobot's unchanged constructor we swap three module-level names in its
-modeling module before construction: `get_gemma_config`, `PaliGemmaForConditionalGenerationWithPiGemma`
-and `PiGemmaForCausalLM` (see shared/reference/pi0_model.md section 15). Runs only inside
-.venv-lerobot; counterpart: pi0_ttnn_node/config.py (`pi0_ttnn_node_dims`).
+modeling module before construction: `get_gemma_config`,
+`PaliGemmaForConditionalGenerationWithPiGemma` and `PiGemmaForCausalLM` (see
+shared/reference/pi0_model.md section 15). Runs only inside .venv-lerobot; counterpart:
+pi0_ttnn_node/config.py (`pi0_ttnn_node_dims`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def tiny_sizes(model_type: str, dims: Mapping[str, Any]) -> Iterator[None]:
     if vision["image_size"] != 224 or vision["patch_size"] != 14:
         raise ValueError("keep image 224 / patch 14: lerobot derives the image size from "
                          "config.image_resolution and the patch from PaliGemma's default")
-    orig_get, orig_pali, orig_causal = (mod.get_gemma_config, mod.PaliGemmaForConditionalGenerationWithPiGemma,
-                                        mod.PiGemmaForCausalLM)
+    orig_get = mod.get_gemma_config
+    orig_pali = mod.PaliGemmaForConditionalGenerationWithPiGemma
+    orig_causal = mod.PiGemmaForCausalLM
 
     def get_gemma_config(variant: str):
         src = {"gemma_2b": vlm, "gemma_300m": expert}.get(variant)
@@ -110,7 +112,8 @@ def make_lerobot_config(model_type: str, state_dim: int, action_dim: int,
     """lerobot's own PI0Config / PI05Config for three cameras, on CPU, in fp32."""
     from lerobot.configs import FeatureType, PolicyFeature
 
-    inputs = {f"observation.images.{cam}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, 224, 224))
+    inputs = {f"observation.images.{cam}": PolicyFeature(type=FeatureType.VISUAL,
+                                                         shape=(3, 224, 224))
               for cam in CAMERAS}
     inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))
     outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
@@ -160,10 +163,14 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
 def hf_sub_configs(policy) -> Dict[str, Any]:
     """The three Hugging Face configs lerobot built (vision, VLM text, expert), as JSON objects."""
     pwe = policy.model.paligemma_with_expert
+
+    def as_json(cfg) -> Dict[str, Any]:
+        return json.loads(cfg.to_json_string(use_diff=False))
+
     return {
-        "vision_config": json.loads(pwe.paligemma.config.vision_config.to_json_string(use_diff=False)),
-        "text_config": json.loads(pwe.paligemma.config.text_config.to_json_string(use_diff=False)),
-        "expert_config": json.loads(pwe.gemma_expert.config.to_json_string(use_diff=False)),
+        "vision_config": as_json(pwe.paligemma.config.vision_config),
+        "text_config": as_json(pwe.paligemma.config.text_config),
+        "expert_config": as_json(pwe.gemma_expert.config),
     }
 
 

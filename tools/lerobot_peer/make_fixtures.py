@@ -141,7 +141,8 @@ def record_run(policy, model_type: str, io: Dict[str, torch.Tensor]) -> Dict[str
     ts = torch.stack(rec["t"])
     if not torch.equal(ts, ts[:, :1].expand_as(ts)):
         raise RuntimeError("timesteps differ across batch rows")
-    return {"prefix_embs": prefix_embs.contiguous(), "prefix_pad_masks": prefix_pad_masks.contiguous(),
+    return {"prefix_embs": prefix_embs.contiguous(),
+            "prefix_pad_masks": prefix_pad_masks.contiguous(),
             "timesteps": ts[:, 0].contiguous(), "x_t": torch.stack(rec["x"]).contiguous(),
             "velocities": torch.stack(rec["v"]).contiguous(), "actions": actions.contiguous()}
 
@@ -162,7 +163,8 @@ def versions(seed: int, model_type: str, policy) -> Dict[str, Any]:
             "state": ("raw_state [B,8] -> lerobot NormalizerProcessorStep -> normalized_state; PI0 "
                       "feeds it zero-padded to 32 as `state`, PI0.5 has no state input"),
             "actions_robot": "lerobot postprocessor(actions[:, :, :action_dim]) (unnormalised)",
-            "image_float_convention": "float32(images_uint8) / 255 * 2 - 1, per camera [B,3,224,224]",
+            "image_float_convention": ("float32(images_uint8) / 255 * 2 - 1, per camera "
+                                       "[B,3,224,224]"),
             "call": ("policy.model.sample_actions(images, img_masks, lang_tokens, lang_masks"
                      + (", state" if model_type == "pi0" else "") + ", noise=noise)"),
         },

@@ -1,0 +1,398 @@
+"""Pi0PolicyNode: the managed (lifecycle) node serving PI0 / PI0.5 to a joint_trajectory_controller.
+
+configure loads the checkpoint and warms the backend on the inference worker; activate starts the
+control timer (control_rate_hz, 50 Hz typical) that publishes the remaining chunk every tick;
+deactivate holds; cleanup releases the device. Callbacks only store data or set flags: inference
+runs on ros/inference_worker.py's thread. Counterparts: ros/params.py, ros/inputs.py,
+ros/diagnostics.py, action_queue.py, safety.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import Node, State, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
+from pi0_ttnn_node.errors import ObservationRejected, Pi0Error
+from pi0_ttnn_node.ros import conversions, diagnostics, params
+from pi0_ttnn_node.ros.inference_worker import Divergence, InferenceResult, InferenceWorker
+from pi0_ttnn_node.ros.inputs import InputHub
+from pi0_ttnn_node.ros.policy_loader import PolicyLoader
+from pi0_ttnn_node.safety import Limits, TrajectoryLimiter, to_absolute
+
+NODE_NAME = "pi0_ttnn_node"
+
+
+class Pi0PolicyNode(Node):
+    """Cameras, joint states and an instruction in; JointTrajectory commands out."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        params.declare_parameters(self)
+        self.add_on_set_parameters_callback(params.make_validator(lambda: params.read_values(self)))
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self.cfg: Optional[params.NodeConfig] = None
+        self.loader: Optional[PolicyLoader] = None
+        self.worker: Optional[InferenceWorker] = None
+        self.hub: Optional[InputHub] = None
+        self.scheduler: Optional[ActionScheduler] = None
+        self.status = diagnostics.PolicyStatus()
+        self._entities: List[Any] = []  # subscriptions, services, timers made in configure
+        self._control_timer = None
+        self._jump_handle = None
+        self._holding = True
+        self._accepted = 0  # accepted chunks; equals the scheduler's chunk_id of the newest
+        self._chunk_t_obs: Dict[int, float] = {}
+        self._cb_inputs = MutuallyExclusiveCallbackGroup()
+        self._cb_control = MutuallyExclusiveCallbackGroup()
+        self._cb_misc = MutuallyExclusiveCallbackGroup()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Load and warm up. SUCCESS -> inactive; FAILURE (one-line reason) -> unconfigured."""
+        try:
+            self.cfg = params.build_node_config(params.read_values(self))
+            self.loader = PolicyLoader(self.cfg)
+            self.get_logger().info(self.loader.describe_source())
+            self._make_core()
+            self.worker.start()
+            warmup_s = self.worker.load(self.cfg.backend).result()
+        except Pi0Error as err:
+            self.get_logger().error(f"configure failed: {err}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.scheduler.latency.seed(warmup_s)
+        self.status.backend_active = self.cfg.backend.label()
+        if self.cfg.shadow is not None:
+            self.worker.request_shadow(self.cfg.shadow)
+        self._make_ros_entities()
+        self.get_logger().info(
+            f"configured: {self.loader.config.model_type} on {self.cfg.backend.label()}, warm-up "
+            f"{[round(s * 1e3) for s in warmup_s]} ms, dry_run={self.cfg['safety.dry_run']}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Start the control timer and the lifecycle publishers. SUCCESS -> active."""
+        self.scheduler.reset("activate")
+        self._holding = True
+        self._control_timer = self.create_timer(self.cfg.dt, self._on_control_tick,
+                                                callback_group=self._cb_control)
+        self.get_logger().info(f"active at {self.cfg['control_rate_hz']} Hz, output "
+                               f"{'DRY RUN' if self._dry_run() else 'ARMED'}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Stop the timer, publish a hold at the current command. SUCCESS -> inactive."""
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        self._publish_hold("deactivate")
+        self.scheduler.reset("deactivate")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Release the backend and device. SUCCESS -> unconfigured."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Release everything whatever the state. SUCCESS -> finalized."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """Hold and release. SUCCESS -> unconfigured."""
+        self._publish_hold("error")
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _make_core(self) -> None:
+        cfg, model = self.cfg, self.loader.config
+        schedule = ScheduleConfig(
+            mode=cfg["schedule.mode"], execute_steps=min(cfg["schedule.execute_steps"],
+                                                         model.chunk_size),
+            margin_steps=cfg["schedule.margin_steps"], max_delay_steps=cfg["schedule.max_delay_steps"],
+            merge=cfg["merge.mode"], blend_steps=cfg["merge.blend_steps"],
+            control_rate_hz=cfg["control_rate_hz"])
+        limits = Limits.create(cfg.position_lower, cfg.position_upper, cfg.max_velocity,
+                               cfg["limits.max_start_jump"])
+        self.scheduler = ActionScheduler(schedule, len(cfg.action_joint_names),
+                                         TrajectoryLimiter(limits), LatencyTracker())
+        self.hub = InputHub(cfg, self._now, self._on_instruction_change, conversions.make_bridge())
+        self.command_builder = conversions.TrajectoryBuilder(cfg.action_joint_names, cfg.dt,
+                                                             model.chunk_size + 1)
+        self.chunk_builder = conversions.TrajectoryBuilder(cfg.action_joint_names, cfg.dt,
+                                                           model.chunk_size, first_index=0)
+        self.status = diagnostics.PolicyStatus(started_steady=time.monotonic())
+        self.worker = InferenceWorker(
+            self.loader.make_policy, self.loader.warmup, self._build_observation,
+            self._on_result, self._on_reject, self._on_failure, self._on_divergence,
+            self._on_backend_event)
+
+    def _make_ros_entities(self) -> None:
+        cfg = self.cfg
+        image_qos = QoSProfile(depth=cfg["qos.image_depth"],
+                               reliability=qos_profile_sensor_data.reliability
+                               if cfg["qos.image_reliability"] == "best_effort"
+                               else ReliabilityPolicy.RELIABLE)
+        add = self._entities.append
+        for cam in cfg.cameras:
+            msg_type = Image if cam.transport == "raw" else CompressedImage
+            add(self.create_subscription(msg_type, cam.topic,
+                                         lambda m, c=cam: self.hub.on_image(c, m), image_qos,
+                                         callback_group=self._cb_inputs))
+        js_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+        for topic in cfg["joint_states.topics"]:
+            add(self.create_subscription(JointState, topic, self.hub.on_joint_state, js_qos,
+                                         callback_group=self._cb_inputs))
+        durability = (DurabilityPolicy.TRANSIENT_LOCAL
+                      if cfg["qos.instruction_durability"] == "transient_local"
+                      else DurabilityPolicy.VOLATILE)
+        add(self.create_subscription(String, "~/instruction",
+                                     lambda m: self.hub.on_instruction(m.data),
+                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                                durability=durability),
+                                     callback_group=self._cb_inputs))
+        self.command_pub = self.create_lifecycle_publisher(
+            JointTrajectory, cfg["output.topic"],
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self.chunk_pub = self.create_lifecycle_publisher(
+            JointTrajectory, "~/action_chunk",
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self.diag_pub = self.create_publisher(diagnostics.DiagnosticArray, "/diagnostics", 10)
+        add(self.command_pub)
+        add(self.chunk_pub)
+        add(self.diag_pub)
+        add(self.create_service(SetBool, "~/enable", self._on_enable,
+                                callback_group=self._cb_misc))
+        add(self.create_service(Trigger, "~/reset", self._on_reset,
+                                callback_group=self._cb_misc))
+        add(self.create_timer(cfg["diagnostics.period_s"], self._publish_diagnostics,
+                              callback_group=self._cb_misc))
+        add(self.create_timer(min(0.1, cfg["safety.watchdog_timeout_s"] / 2), self._on_watchdog,
+                              callback_group=self._cb_misc,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME)))
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1)),
+            post_callback=self._on_clock_jump)
+
+    def _release(self) -> None:
+        # the worker first: its callbacks publish, so it must stop before the publishers go
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
+        for entity in self._entities:
+            self._destroy(entity)
+        self._entities = []
+
+    def _destroy(self, entity: Any) -> None:
+        for destroy in (self.destroy_subscription, self.destroy_service, self.destroy_timer,
+                        self.destroy_publisher):
+            try:
+                if destroy(entity):
+                    return
+            except (TypeError, AttributeError):
+                continue
+
+    # ---- control loop (timer group) ----------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _dry_run(self) -> bool:
+        return bool(self.get_parameter("safety.dry_run").value)
+
+    def _on_control_tick(self) -> None:
+        now = self._now()
+        traj = self.scheduler.tick(now)
+        if self.scheduler.should_request_inference(now):
+            request_id = self.scheduler.mark_inference_started(now)
+            if not self.worker.request_inference(request_id):
+                self.scheduler.on_inference_failed(request_id)
+        self.status.queue_depth = 0 if traj is None else traj.times.shape[0]
+        if traj is None:
+            if not self._holding:
+                self._publish_hold(self.scheduler.hold_reason)
+            return
+        self._holding = False
+        if self._dry_run():
+            return
+        if self.cfg["output.stamp_mode"] == "observation":
+            t0 = self._chunk_t_obs.get(traj.chunk_id, now)
+        else:
+            t0 = now
+        msg = self.command_builder.build(traj.positions, traj.velocities
+                                         if self.cfg["output.send_velocities"] else None,
+                                         stamp=None if t0 == now else t0,
+                                         time_from_start=traj.times - t0)
+        self.command_pub.publish(msg)
+
+    def _publish_hold(self, reason: str) -> None:
+        self._holding = True
+        self.status.holds[reason] = self.status.holds.get(reason, 0) + 1
+        pub = getattr(self, "command_pub", None)
+        if self.scheduler is None or self._dry_run() or pub is None or not pub.is_activated:
+            return
+        now = self._now()
+        position = self.scheduler.current_command(now)
+        if position is None:
+            return  # nothing was ever commanded: the controller already holds its own position
+        self.command_pub.publish(conversions.hold_trajectory(self.cfg.action_joint_names,
+                                                             position, self.cfg.dt))
+        self.get_logger().info(f"holding ({reason})", throttle_duration_sec=2.0)
+
+    def _on_watchdog(self) -> None:
+        stats = self.hub.stats[f"camera {self.cfg.primary_camera}"]
+        last = stats.last_steady
+        stale = last is None or time.monotonic() - last > self.cfg["safety.watchdog_timeout_s"]
+        if stale and self._control_timer is not None and not self._holding:
+            self.scheduler.reset("watchdog")
+            self._publish_hold("watchdog")
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        if jump.delta.nanoseconds < 0:
+            self.get_logger().warn(f"clock jumped back by {-jump.delta.nanoseconds * 1e-9:.3f} s;"
+                                   " resetting the queue and input buffers")
+            self.hub.reset()
+            self.scheduler.reset("clock_jump_back")
+
+    # ---- worker callbacks (worker thread) ----------------------------------------------------
+    def _build_observation(self) -> Any:
+        return self.hub.assembler.build(self._now())
+
+    def _on_result(self, result: InferenceResult) -> None:
+        cfg = self.cfg
+        now = self._now()
+        idx = self.loader.action_state_index
+        actions = np.asarray(result.actions, dtype=np.float64)[:, list(cfg.action_dims)]
+        try:
+            chunk = to_absolute(cfg["action.space"], actions, result.state[idx], cfg.dt)
+        except Pi0Error as err:
+            self._on_failure("action_space", result.request_id, err)
+            return
+        if self.chunk_pub.is_activated:
+            self.chunk_pub.publish(self.chunk_builder.build(chunk, stamp=result.t_obs))
+        report = self.scheduler.on_chunk(chunk, result.t_obs, now, result.request_id,
+                                         current_state=result.state[idx])
+        self.status.record_chunk(result, report)
+        if report.accepted:
+            self._accepted += 1
+            self._chunk_t_obs = {self._accepted: result.t_obs}
+        if not report.accepted:
+            self.get_logger().warn(f"chunk refused: {report.reason}", throttle_duration_sec=2.0)
+
+    def _on_reject(self, request_id: int, err: ObservationRejected) -> None:
+        self.scheduler.on_inference_failed(request_id)
+        self.status.last_reject = err.reason
+        self.get_logger().warn(f"no observation: {err}", throttle_duration_sec=2.0)
+
+    def _on_failure(self, stage: str, request_id: int, err: BaseException) -> None:
+        if stage != "shadow":
+            self.scheduler.on_inference_failed(request_id)
+        failures = self.status.record_failure(stage, err)
+        self.get_logger().error(f"{stage} failed ({failures} in a row): {err}",
+                                throttle_duration_sec=2.0)
+        if stage != "shadow" and failures >= self.cfg["safety.max_consecutive_failures"]:
+            self.scheduler.reset("inference_failures")
+
+    def _on_divergence(self, div: Divergence) -> None:
+        self.status.divergence = div
+
+    def _on_backend_event(self, role: str, spec: Any, err: Optional[BaseException]) -> None:
+        self.status.backend_event(role, spec, err)
+
+    def _on_instruction_change(self, text: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.reset("instruction")
+        self.get_logger().info(f"instruction: {text!r}")
+
+    # ---- services and parameters (misc group) ------------------------------------------------
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        result = self.set_parameters([Parameter("safety.dry_run", value=not request.data)])[0]
+        response.success = result.successful
+        response.message = "output armed" if request.data else "dry run: output disabled"
+        if not result.successful:
+            response.message = result.reason
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.scheduler.reset("service")
+        self.status.consecutive_failures = 0
+        response.success, response.message = True, "queue cleared"
+        return response
+
+    def _on_parameters_set(self, changed: List[Parameter]) -> None:
+        names = {p.name for p in changed}
+        if self.worker is None:
+            return
+        values = params.read_values(self)
+        if names & set(params.BACKEND_PARAMS):
+            spec = params.backend_spec(values)
+            self.status.backend_requested = spec.label()
+            self.worker.request_switch(spec)
+        if "policy.shadow_backend" in names or (names & set(params.BACKEND_PARAMS)
+                                                and values["policy.shadow_backend"]):
+            shadow = values["policy.shadow_backend"]
+            self.worker.request_shadow(params.backend_spec(values, shadow) if shadow else None)
+        if "instruction.default" in names:
+            self.hub.set_default_instruction(values["instruction.default"])
+        if "safety.dry_run" in names:
+            self.get_logger().warn("output " + ("disabled (dry run)" if values["safety.dry_run"]
+                                                else "ARMED"))
+            if values["safety.dry_run"]:
+                self._holding = True
+
+    def _publish_diagnostics(self) -> None:
+        state = self._state_machine.current_state[1]
+        msg = diagnostics.build(self, state)
+        self.diag_pub.publish(msg)
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    """Console script `pi0_ttnn_node`: spin the node on a multi-threaded executor."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    rclpy.init(args=args)
+    node = Pi0PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            autostart(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node._release()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def autostart(node: Pi0PolicyNode) -> bool:
+    """configure then activate; False (state left as the transition did) when one fails."""
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: configure failed; the node stays unconfigured")
+        return False
+    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+

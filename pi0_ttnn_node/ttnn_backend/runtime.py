@@ -1,0 +1,202 @@
+"""Open and close the TTNN device: a real Tenstorrent card, or the CPU emulation only when asked.
+
+Defaults follow tt-metal's PI0 code: l1_small_size 24576, one command queue, no trace region
+(about 80 MB once the denoise loop is traced). Emulation is never chosen silently: without a card
+and without `emulate=True` (node parameter `ttnn_emulate: true`) opening fails with
+BackendUnavailableError. Counterpart: emulation.py (the emulated device).
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+from pi0_ttnn_node.errors import BackendUnavailableError, ConfigError
+
+LOG = logging.getLogger(__name__)
+
+MOCK_ENV = "TT_METAL_MOCK_CLUSTER_DESC_PATH"
+MOCK_CLUSTER_DIR = Path(__file__).resolve().parent / "mock_cluster"
+EMULATED_BOARDS = {"wormhole_n150": "wormhole_n150.yaml", "blackhole_p150": "blackhole_p150.yaml"}
+DTYPES = ("bfloat16", "bfloat8_b", "float32")
+FIDELITIES = ("LoFi", "HiFi2", "HiFi3", "HiFi4")
+CARD_GLOB = "/dev/tenstorrent*"
+EMULATION_HINT = "set the node parameter `ttnn_emulate: true` (TtRuntimeConfig(emulate=True)) to run the CPU emulation"
+
+_OPEN: Dict[int, "TtDevice"] = {}
+
+
+@dataclass(frozen=True)
+class TtRuntimeConfig:
+    """How to open the device and which number formats the TTNN model uses."""
+
+    device_id: int = 0
+    l1_small_size: int = 24576
+    trace_region_size: int = 0
+    num_command_queues: int = 1
+    emulate: bool = False
+    emulated_board: str = "wormhole_n150"
+    weight_dtype: str = "bfloat16"
+    activation_dtype: str = "bfloat16"
+    matmul_fidelity: str = "HiFi4"
+    sdpa_fidelity: str = "HiFi4"
+    fp32_dest_acc: bool = True
+    use_trace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device_id < 0 or self.l1_small_size < 0 or self.trace_region_size < 0:
+            raise ConfigError(f"device_id, l1_small_size and trace_region_size must be >= 0; got {self}")
+        if self.num_command_queues not in (1, 2):
+            raise ConfigError(f"num_command_queues must be 1 or 2; got {self.num_command_queues}")
+        for name in ("weight_dtype", "activation_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+        for name in ("matmul_fidelity", "sdpa_fidelity"):
+            if getattr(self, name) not in FIDELITIES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {FIDELITIES}")
+        if self.emulated_board not in EMULATED_BOARDS:
+            raise ConfigError(f"emulated_board={self.emulated_board!r}; expected one of {sorted(EMULATED_BOARDS)}")
+        if self.use_trace and self.trace_region_size == 0:
+            raise ConfigError("use_trace is true but trace_region_size is 0; set it (e.g. 80_000_000 bytes)")
+
+
+def mock_cluster_descriptor(board: str = "wormhole_n150") -> Path:
+    """Path of the cluster descriptor YAML shipped with the package for `board`."""
+    return MOCK_CLUSTER_DIR / EMULATED_BOARDS[board]
+
+
+def import_ttnn(emulate: bool, board: str = "wormhole_n150") -> Any:
+    """Import ttnn; when emulating, first point it at the shipped mock cluster (unless the env names one)."""
+    if emulate and not os.environ.get(MOCK_ENV):
+        os.environ[MOCK_ENV] = str(mock_cluster_descriptor(board))
+    try:
+        return importlib.import_module("ttnn")
+    except ImportError as err:
+        msg = f"the TTNN backend needs the `ttnn` Python package, which failed to import: {err}; install ttnn"
+        raise BackendUnavailableError(msg) from err
+
+
+def card_present() -> bool:
+    """Cheap check for a Tenstorrent kernel-driver node before asking ttnn to open anything."""
+    return bool(glob.glob(CARD_GLOB))
+
+
+def ttnn_dtype(ttnn: Any, name: str) -> Any:
+    """ttnn.DataType for a config name ('bfloat16', 'bfloat8_b', 'float32')."""
+    return getattr(ttnn, name)
+
+
+def compute_kernel_config(ttnn: Any, fidelity: str, fp32_dest_acc: bool, packer_l1_acc: bool = True) -> Any:
+    """Kernel config as PI0's TTNN code builds it (the Wormhole class is also accepted on Blackhole)."""
+    return ttnn.WormholeComputeKernelConfig(
+        math_fidelity=getattr(ttnn.MathFidelity, fidelity), math_approx_mode=False,
+        fp32_dest_acc_en=fp32_dest_acc, packer_l1_acc=packer_l1_acc,
+    )
+
+
+class TtDevice:
+    """An open device (real or emulated): pass `.device` as `device=` to ttnn; close exactly once."""
+
+    def __init__(self, cfg: TtRuntimeConfig, ttnn: Any, device: Any, is_emulated: bool) -> None:
+        self.cfg = cfg
+        self.ttnn = ttnn
+        self.device = device
+        self.is_emulated = is_emulated
+        self.is_open = True
+
+    @property
+    def stats(self) -> Any:
+        """Op / FLOP / transfer counters (emulation only; a card has no such counters here)."""
+        if not self.is_emulated:
+            raise BackendUnavailableError("op counters exist only on the emulated device; use the profiler on a card")
+        return self.device.stats
+
+    def close(self) -> None:
+        """Close the device; later calls do nothing."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        _OPEN.pop(self.cfg.device_id, None)
+        if self.is_emulated:
+            self.device.close()
+            return
+        try:
+            self.ttnn.synchronize_device(self.device)
+        finally:
+            self.ttnn.close_device(self.device)
+        LOG.info("closed Tenstorrent device %d", self.cfg.device_id)
+
+    def __enter__(self) -> "TtDevice":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "emulated" if self.is_emulated else "card"
+        return f"TtDevice({kind}, id={self.cfg.device_id}, open={self.is_open})"
+
+
+def open_tt_device(cfg: TtRuntimeConfig) -> TtDevice:
+    """Open the device `cfg` asks for; one per device id and process, closed at exit if still open."""
+    existing = _OPEN.get(cfg.device_id)
+    if existing is not None and existing.is_emulated and not existing.device.is_open:
+        existing.close()  # closed behind our back with ttnn.close_device(device)
+    if cfg.device_id in _OPEN:
+        raise BackendUnavailableError(f"{_OPEN[cfg.device_id]!r} is already open in this process; close it first")
+    handle = _open_emulated(cfg) if cfg.emulate else _open_card(cfg)
+    _OPEN[cfg.device_id] = handle
+    return handle
+
+
+def _open_card(cfg: TtRuntimeConfig) -> TtDevice:
+    if not card_present():
+        raise BackendUnavailableError(
+            f"no Tenstorrent device was found (no {CARD_GLOB}; is the tt-kmd driver loaded?); {EMULATION_HINT}"
+        )
+    ttnn = import_ttnn(emulate=False)
+    try:
+        device = ttnn.open_device(
+            device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,
+            trace_region_size=cfg.trace_region_size, num_command_queues=cfg.num_command_queues,
+        )
+    except Exception as err:  # ttnn raises plain RuntimeError for every driver/firmware failure
+        raise BackendUnavailableError(
+            f"no usable Tenstorrent device {cfg.device_id}: ttnn.open_device failed: {err}; {EMULATION_HINT}"
+        ) from err
+    LOG.info("opened Tenstorrent device %d (l1_small_size=%d, trace_region_size=%d, command queues=%d)",
+             cfg.device_id, cfg.l1_small_size, cfg.trace_region_size, cfg.num_command_queues)
+    return TtDevice(cfg, ttnn, device, is_emulated=False)
+
+
+def _open_emulated(cfg: TtRuntimeConfig) -> TtDevice:
+    from pi0_ttnn_node.ttnn_backend.emulation import open_emulated_device
+
+    ttnn = import_ttnn(emulate=True, board=cfg.emulated_board)
+    descriptor = Path(os.environ[MOCK_ENV])
+    if descriptor != mock_cluster_descriptor(cfg.emulated_board):
+        LOG.warning("%s is set to %s; it overrides emulated_board=%s", MOCK_ENV, descriptor, cfg.emulated_board)
+    device = open_emulated_device(
+        ttnn, descriptor, device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,
+        trace_region_size=cfg.trace_region_size, num_command_queues=cfg.num_command_queues,
+    )
+    return TtDevice(cfg, ttnn, device, is_emulated=True)
+
+
+def close_all() -> None:
+    """Close every device this process opened (registered with atexit)."""
+    for handle in list(_OPEN.values()):
+        try:
+            handle.close()
+        except Exception as err:  # at exit, report and keep closing the others
+            LOG.error("closing %r failed: %s", handle, err)
+
+
+atexit.register(close_all)
+
