@@ -55,8 +55,22 @@ class PolicyBackend(Protocol):
 
 def create_backend(name: str, checkpoint: LoadedCheckpoint,
                    options: Optional[BackendOptions] = None) -> PolicyBackend:
-    """Build the named backend from an already-loaded checkpoint."""
+    """Build the named backend from an already-loaded checkpoint.
+
+    `options.extra["fault_injection"]` (tests only) wraps it in fault_injection's backend.
+    """
     options = options or BackendOptions()
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if options.extra.get("fault_injection"):
+        from pi0_ttnn_node.fault_injection import plan_from_options, wrap_backend
+
+        plan = plan_from_options(options.extra)
+        return wrap_backend(lambda: _build(name, checkpoint, options), plan)
+    return _build(name, checkpoint, options)
+
+
+def _build(name: str, checkpoint: LoadedCheckpoint, options: BackendOptions) -> PolicyBackend:
     if name == "torch":
         from pi0_ttnn_node.torch_backend.backend import TorchBackend
 

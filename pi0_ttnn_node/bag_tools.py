@@ -230,14 +230,14 @@ def make_demo_bag(path: "str | Path", seconds: float = 3.0,
                   camera_names: Sequence[str] = DEMO_CAMERAS, transport: str = "raw",
                   storage: str = "mcap", seed: int = 0, image_size: Tuple[int, int] = (320, 240),
                   camera_hz: float = 15.0, joint_hz: float = 100.0, encoding: str = "rgb8",
-                  distro: str = "jazzy") -> Path:
+                  distro: str = "jazzy", shuffle_joints: bool = False) -> Path:
     """Write the deterministic demo session and return its path.
 
-    Topics: `/<camera>/image_raw[/compressed]` per camera, `/joint_states` (joints of
-    DEMO_JOINTS plus an ignored `head_pan`, in alphabetical order as UR drivers publish them),
-    and the instruction on `/pi0_ttnn_node/instruction` (latched) at the start. Header stamps
-    are capture times; log times trail them by 2 ms (cameras) and 0.5 ms (joints), as a
-    recorder's receipt times would. `transport`: raw (Image, `encoding` rgb8/bgr8) or
+    Topics: `/<camera>/image_raw[/compressed]` per camera, `/joint_states` (DEMO_JOINTS; with
+    `shuffle_joints` in alphabetical order, as UR drivers publish them, plus a `head_pan` the
+    model does not use), and the instruction on `/pi0_ttnn_node/instruction` (latched) at the
+    start. Header stamps are capture times; log times trail them by 2 ms (cameras) and 0.5 ms
+    (joints), as a recorder's receipt times would. `transport`: raw (Image, `encoding` rgb8/bgr8) or
     compressed (jpeg). Same arguments -> byte-identical message data.
     """
     if transport not in ("raw", "compressed"):
@@ -247,7 +247,7 @@ def make_demo_bag(path: "str | Path", seconds: float = 3.0,
     rng = np.random.default_rng(seed)
     w, h = image_size
     backgrounds = [rng.integers(0, 60, (h, w, 3), dtype=np.uint8) for _ in camera_names]
-    names = sorted(DEMO_JOINTS + ("head_pan",))
+    names = sorted(DEMO_JOINTS + ("head_pan",)) if shuffle_joints else list(DEMO_JOINTS)
     order = [DEMO_JOINTS.index(n) if n in DEMO_JOINTS else len(DEMO_JOINTS) for n in names]
     end_ns = int(round(seconds * 1e9))
     events: List[Tuple[int, int, Any]] = []  # (log time ns, tie-break, event)

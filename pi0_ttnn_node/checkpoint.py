@@ -25,6 +25,7 @@ import torch
 from pi0_ttnn_node import checkpoint_keys as ck
 from pi0_ttnn_node.checkpoint_writer import save_checkpoint  # noqa: F401  (public API)
 from pi0_ttnn_node.config import DIMS_KEY, PI0Config
+from pi0_ttnn_node.bounded_files import read_small_text
 from pi0_ttnn_node.errors import CheckpointError
 from pi0_ttnn_node.normalization import (NormStats, find_openpi_stats, load_norm_stats,
                                          read_openpi_stats)
@@ -75,7 +76,8 @@ def resolve_weight_files(path: "str | Path") -> List[Path]:
     if (p / INDEX_FILE).is_file():
         index = p / INDEX_FILE
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            text = read_small_text(index, "index file", CheckpointError)
+            weight_map = json.loads(text)["weight_map"]
             names = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"cannot parse {index}: {err}; expected a weight_map") from err
@@ -244,7 +246,7 @@ def detect_format(checkpoint_dir: Path) -> str:
                               "(config.json, model.safetensors, policy_*processor files) or "
                               "openpi's (config.json, model.safetensors, assets/)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_small_text(path, "config file", CheckpointError))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot parse {path}: {err}") from err
     return "lerobot" if isinstance(raw, dict) and "type" in raw else "openpi"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from pi0_ttnn_node.bounded_files import read_small_text
 from pi0_ttnn_node.errors import ConfigError
 
 MODEL_TYPES = ("pi0", "pi05")
@@ -165,7 +166,7 @@ class PI0Config:
                    "layout (config.json, model.safetensors, normalisation files)")
             raise ConfigError(msg)
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_small_text(path, "config file", ConfigError))
         except (OSError, ValueError) as err:
             msg = f"cannot parse {path}: {err}; expected a JSON object"
             raise ConfigError(msg) from err
@@ -352,7 +353,7 @@ def from_config_dict(raw: Mapping[str, Any], source: str = "config") -> PI0Confi
 def load_dims_file(path: "str | Path") -> Dict[str, Any]:
     """Read an explicit dims file (JSON, or YAML when PyYAML is installed) for custom sizes."""
     p = Path(path)
-    text = p.read_text()
+    text = read_small_text(p, "dims file", ConfigError)
     if p.suffix in (".yaml", ".yml"):
         import yaml  # local import: only custom-size configs need PyYAML
 

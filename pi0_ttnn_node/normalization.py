@@ -19,6 +19,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from pi0_ttnn_node.config import FeaturesConfig
+from pi0_ttnn_node.bounded_files import read_small_text
 from pi0_ttnn_node.errors import CheckpointError, InferenceError, ObservationError
 from pi0_ttnn_node.safetensors_io import load_small_file
 
@@ -204,7 +205,8 @@ def _normalizer_step(root: Path, json_name: str,
         raise CheckpointError(f"{root} has no {json_name}; lerobot checkpoints keep their "
                               "normalisation statistics in the processor pipeline files")
     try:
-        steps = [s for s in json.loads(path.read_text())["steps"] if isinstance(s, dict)]
+        text = read_small_text(path, "processor file", CheckpointError)
+        steps = [s for s in json.loads(text)["steps"] if isinstance(s, dict)]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot parse {path}: {err}; expected {{'steps': [...]}}") from err
     for step in steps:
@@ -260,7 +262,7 @@ def find_openpi_stats(root: Path, asset_id: Optional[str] = None) -> Path:
 def read_openpi_stats(path: Path) -> Dict[str, Dict[str, np.ndarray]]:
     """Parse openpi's {"norm_stats": {"state": {...}, "actions": {...}}} into flat arrays."""
     try:
-        raw = json.loads(path.read_text())["norm_stats"]
+        raw = json.loads(read_small_text(path, "statistics file", CheckpointError))["norm_stats"]
         return {feat: {k: np.asarray(v, np.float64) for k, v in raw[feat].items() if v is not None}
                 for feat in ("state", "actions")}
     except (OSError, ValueError, KeyError, TypeError) as err:

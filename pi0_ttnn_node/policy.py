@@ -97,8 +97,11 @@ class Pi0Policy:
     def load(cls, cfg: PolicyConfig, checkpoint: Optional[LoadedCheckpoint] = None) -> "Pi0Policy":
         if cfg.num_steps < 0:
             raise ConfigError(f"num_steps must be >= 0 (0 = checkpoint default), got {cfg.num_steps}")
+        owned = checkpoint is None
         checkpoint = checkpoint or load_checkpoint(cfg.checkpoint_dir, strict=True)
         backend = create_backend(cfg.backend, checkpoint, cfg.options)
+        if owned:  # the backend holds its own weights now; do not keep a second host copy
+            checkpoint.state_dict = {}
         return cls(cfg, checkpoint, backend)
 
     @property

@@ -110,6 +110,9 @@ def input_statuses(node: Any, now: float, hardware_id: str) -> list:
             message = "no message received"
         elif age > limit:
             level, message = ("ERROR" if required[key] else "WARN"), f"stale ({age:.3f} s)"
+        elif stats.refused_latest:
+            level = "ERROR" if required[key] else "WARN"
+            message = "refusing messages"
         else:
             level, message = "OK", "receiving"
         if stats.last_reject:

@@ -26,13 +26,15 @@ LOG = logging.getLogger(__name__)
 class InputStats:
     """Message count, newest header stamp and steady receipt time of one input."""
 
-    __slots__ = ("count", "last_stamp", "last_steady", "last_reject", "_rate_count", "_rate_t")
+    __slots__ = ("count", "last_stamp", "last_steady", "last_reject", "refused_latest",
+                 "_rate_count", "_rate_t")
 
     def __init__(self) -> None:
         self.count = 0
         self.last_stamp: Optional[float] = None
         self.last_steady: Optional[float] = None
         self.last_reject = ""
+        self.refused_latest = False  # the newest message was refused
         self._rate_count = 0
         self._rate_t = time.monotonic()
 
@@ -82,6 +84,7 @@ class InputHub:
             self._rejects[reason] = self._rejects.get(reason, 0) + 1
         if key in self.stats:
             self.stats[key].last_reject = reason
+            self.stats[key].refused_latest = True
 
     def rejects(self) -> Dict[str, int]:
         """Refusals by reason: callback-level ones plus the assembler's build-time ones."""
@@ -104,6 +107,7 @@ class InputHub:
                 self._check_size(camera, width, height)
                 decoder = conversions.compressed_decoder(msg)
             self.assembler.add_image(camera.name, stamp, decoder, receipt_time=self.now())
+            self.stats[key].refused_latest = False
         except ObservationRejected as err:
             self.count_reject(key, err.reason)
             LOG.debug("camera %s frame refused: %s", camera.name, err)
@@ -121,6 +125,7 @@ class InputHub:
         self.stats["joint_states"].received(stamp)
         try:
             self.joints.add(stamp, names, positions, receipt_time=self.now())
+            self.stats["joint_states"].refused_latest = False
         except ObservationRejected as err:
             self.count_reject("joint_states", err.reason)
 

@@ -47,6 +47,7 @@ class Pi0PolicyNode(Node):
         self.add_on_set_parameters_callback(params.make_validator(lambda: params.read_values(self)))
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self.cfg: Optional[params.NodeConfig] = None
+        self.configure_error = ""  # one line: why the last configure failed
         self.loader: Optional[PolicyLoader] = None
         self.worker: Optional[InferenceWorker] = None
         self.hub: Optional[InputHub] = None
@@ -73,9 +74,11 @@ class Pi0PolicyNode(Node):
             self.worker.start()
             warmup_s = self.worker.load(self.cfg.backend).result()
         except Pi0Error as err:
-            self.get_logger().error(f"configure failed: {err}")
+            self.configure_error = str(err).splitlines()[0] if str(err) else repr(err)
+            self.get_logger().error(f"configure failed: {self.configure_error}")
             self._release()
             return TransitionCallbackReturn.FAILURE
+        self.configure_error = ""
         self.scheduler.latency.seed(warmup_s)
         self.status.backend_active = self.cfg.backend.label()
         if self.cfg.shadow is not None:

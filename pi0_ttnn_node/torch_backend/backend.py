@@ -47,9 +47,13 @@ class TorchBackend:
         self.device = resolve_torch_device(options.torch_device)
         self.dtype = _DTYPES[options.torch_dtype]
         self.config = checkpoint.config
-        model = PI0Model(self.config)
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        with torch.device("meta"):  # no init pass and no second copy of multi-GB weights
+            model = PI0Model(self.config)
+        model.load_state_dict(checkpoint.state_dict, strict=True, assign=True)
+        model = model.to(device=self.device)
+        if self.dtype != torch.float32:  # lerobot's layout: vision, norms and heads stay fp32
+            model.cast_like_lerobot(self.dtype)
+        self.model = model.eval()
         LOG.info("torch backend ready: %s on %s (%s)", self.config.model_type, self.device,
                  options.torch_dtype)
 
@@ -59,7 +63,7 @@ class TorchBackend:
 
     def sample_actions(self, inputs: ModelInputs, noise: torch.Tensor,
                        num_steps: Optional[int] = None) -> np.ndarray:
-        x = inputs.to(self.device, self.dtype)
+        x = inputs.to(self.device, torch.float32)  # the model casts where its weights are bf16
         state = None if self.config.is_pi05 else x.state
         actions = self.model.sample_actions(
             x.images, x.img_masks, x.lang_tokens, x.lang_masks, state,

@@ -17,7 +17,8 @@ StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]
 
 
 def sample_noise(shape: Sequence[int], generator: Optional[torch.Generator] = None,
-                 device: "torch.device | str" = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+                 device: "torch.device | str" = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Tensor:
     """Standard normal noise x_1, drawn fresh on every call (from `generator` when given)."""
     return torch.normal(0.0, 1.0, size=tuple(shape), generator=generator, dtype=dtype,
                         device=device)

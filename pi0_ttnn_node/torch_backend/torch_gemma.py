@@ -2,8 +2,9 @@
 
 RMSNorm statistics in fp32 with the `(1 + w)` offset; PI0.5's expert uses adaRMS instead
 (dense(cond) -> scale, shift, gate). Split-half RoPE over all head_dim dims, MQA (8 query heads,
-1 K/V head of 256), GeGLU MLP with gelu-tanh, no biases. Attention uses SDPA with an additive mask;
-`eager_attention` is the explicit reference it is tested against. Counterpart: ttnn_backend/ttnn_gemma.py.
+1 K/V head of 256), GeGLU MLP with gelu-tanh, no biases. Attention uses SDPA with an additive
+mask; `eager_attention` is the explicit reference it is tested against.
+Counterpart: ttnn_backend/ttnn_gemma.py.
 """
 
 from __future__ import annotations
@@ -189,9 +190,11 @@ class GemmaModel(nn.Module):
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.width) if config.vocab_size else None
+        self.embed_tokens = (nn.Embedding(config.vocab_size, config.width)
+                             if config.vocab_size else None)
         # transformers-5 GemmaTextScaledWordEmbedding: sqrt(width), rounded to the weight dtype.
-        self.register_buffer("embed_scale", torch.tensor(config.width ** 0.5), persistent=False)
+        # A plain float, not a buffer, so a model built on the meta device needs nothing rebuilt.
+        self.embed_scale = config.width ** 0.5
         self.layers = nn.ModuleList(GemmaDecoderLayer(config) for _ in range(config.depth))
         self.norm = make_norm(config)
 
@@ -205,12 +208,13 @@ class GemmaModel(nn.Module):
         if self.embed_tokens is None:
             raise ValueError("this Gemma stack has no token embedding (action expert)")
         weight = self.embed_tokens.weight
-        return self.embed_tokens(tokens) * self.embed_scale.to(weight.dtype)
+        scale = torch.tensor(self.embed_scale, dtype=weight.dtype, device=weight.device)
+        return self.embed_tokens(tokens) * scale
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
                 past_kvs: Optional[List[KV]] = None, cond: Optional[Tensor] = None,
                 eager: bool = False) -> Tuple[Tensor, List[KV]]:
-        """Run every layer and the final norm; return the normed output and each layer's new K/V."""
+        """Run every layer and the final norm; return the normed output and each layer's K/V."""
         x = x.to(self.dtype)
         new_kvs: List[KV] = []
         for i, layer in enumerate(self.layers):

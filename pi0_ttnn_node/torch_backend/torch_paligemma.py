@@ -3,7 +3,8 @@
 Prefill runs the VLM over the prefix once and keeps each layer's K/V after RoPE
 ([B, Hkv, P, hd]); the last layer's attention output and MLP feed nothing, so only its K/V are
 computed. Each denoise step runs the expert over the suffix (51 tokens PI0, 50 PI0.5) attending to
-[cached prefix K/V ; suffix K/V]; the cache is never appended to. Counterpart: ttnn_backend/ttnn_paligemma.py.
+[cached prefix K/V ; suffix K/V]; the cache is never appended to.
+Counterpart: ttnn_backend/ttnn_paligemma.py.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class PaliGemmaWithExpert:
 
     def forward_expert(self, cache: PrefixKVCache, suffix_embs: Tensor,
                        adarms_cond: Optional[Tensor], eager: bool = False) -> Tensor:
-        """Run the expert over the suffix against the cached prefix; return normed hidden [B, S, D]."""
+        """Run the expert over the suffix against the cached prefix; return hidden [B, S, D]."""
         past: List[Tuple[Tensor, Tensor]] = list(zip(cache.k, cache.v))
         out, _ = self.gemma_expert(suffix_embs, cache.suffix_cos, cache.suffix_sin,
                                    cache.suffix_mask, past, adarms_cond, eager)

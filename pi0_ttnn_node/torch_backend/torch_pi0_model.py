@@ -8,14 +8,14 @@ Counterpart: ttnn_backend/ttnn_pi0_model.py.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from pi0_ttnn_node.config import PI0Config
 from pi0_ttnn_node.errors import ObservationError
-from pi0_ttnn_node.torch_backend.torch_denoise import euler_integrate, sample_noise
+from pi0_ttnn_node.torch_backend.torch_denoise import StepCallback, euler_integrate, sample_noise
 from pi0_ttnn_node.torch_backend.torch_gemma import GemmaModel
 from pi0_ttnn_node.torch_backend.torch_paligemma import PaliGemmaWithExpert, PrefixKVCache
 from pi0_ttnn_node.torch_backend.torch_prefix import PrefixEmbedding
@@ -24,8 +24,9 @@ from pi0_ttnn_node.torch_backend.torch_suffix import SuffixEmbedding
 
 # Parameter name fragments kept in fp32 by `cast_like_lerobot` (lerobot's params_to_keep_float32
 # plus the action/time heads, which lerobot builds outside the cast module).
-_FP32_NAMES = ("vision_tower.", "multi_modal_projector.", "input_layernorm", "post_attention_layernorm",
-               "language_model.norm.", "gemma_expert.norm.", "action_in_proj.", "action_out_proj.",
+_FP32_NAMES = ("vision_tower.", "multi_modal_projector.", "input_layernorm",
+               "post_attention_layernorm", "language_model.norm.", "gemma_expert.norm.",
+               "action_in_proj.", "action_out_proj.",
                "state_proj.", "time_mlp_in.", "time_mlp_out.")
 
 
@@ -97,8 +98,7 @@ class PI0Model(nn.Module):
                        lang_tokens: Tensor, lang_masks: Tensor, state: Optional[Tensor], *,
                        noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
                        num_steps: Optional[int] = None,
-                       step_callback: Optional[Callable[[int, Tensor, Tensor, Tensor], None]] = None
-                       ) -> Tensor:
+                       step_callback: Optional[StepCallback] = None) -> Tensor:
         """Return the normalised, padded action chunk [B, chunk_size, max_action_dim] (fp32).
 
         `state` is ignored by PI0.5 (its state is in the prompt). Without `noise`, fresh noise is

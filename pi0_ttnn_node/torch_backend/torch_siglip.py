@@ -1,14 +1,14 @@
 """SigLIP vision tower (So400m/14 by default: 1152 wide, 27 layers, 16 heads, MLP 4304).
 
-Patch conv (kernel = stride = 14, 224x224 -> 256 tokens) plus a learned position table, pre-LayerNorm
-blocks with biased full attention and a gelu-tanh MLP, then `post_layernorm`; no pooling head.
+Patch conv (kernel = stride = 14, 224x224 -> 256 tokens) plus a learned position table,
+pre-LayerNorm blocks with biased full attention and a gelu-tanh MLP, then `post_layernorm`;
+no pooling head.
 Parameter names follow HF `SiglipVisionTransformer` (`vision_tower.*` internal keys).
 Counterpart: ttnn_backend/ttnn_siglip.py.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

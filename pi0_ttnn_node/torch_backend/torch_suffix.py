@@ -1,9 +1,10 @@
 """Suffix embedding (state, noisy actions, time) and the velocity head.
 
-PI0: [state_proj(state)] + action_time_mlp_out(silu(action_time_mlp_in([action_in_proj(x_t), sincos(t)])))
--> 1 + 50 tokens, no adaRMS condition. PI0.5: action_in_proj(x_t) -> 50 tokens, and
-silu(time_mlp_out(silu(time_mlp_in(sincos(t))))) is the adaRMS condition. The sin/cos time embedding
-is computed in float64 (sin half first), then cast. Counterpart: ttnn_backend/ttnn_suffix.py.
+PI0: [state_proj(state)] + action_time_mlp_out(silu(action_time_mlp_in([action_in_proj(x_t),
+sincos(t)]))) -> 1 + 50 tokens, no adaRMS condition. PI0.5: action_in_proj(x_t) -> 50 tokens, and
+silu(time_mlp_out(silu(time_mlp_in(sincos(t))))) is the adaRMS condition. The sin/cos time
+embedding is computed in float64 (sin half first), then cast.
+Counterpart: ttnn_backend/ttnn_suffix.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pi0_ttnn_node.errors import ObservationError
 
 def create_sinusoidal_pos_embedding(time: Tensor, dim: int, min_period: float,
                                     max_period: float) -> Tensor:
-    """Return [B, dim] float64: [sin(2 pi t / period), cos(2 pi t / period)], log-spaced periods."""
+    """Return [B, dim] float64 [sin(2 pi t / period), cos(2 pi t / period)], log-spaced periods."""
     if dim % 2:
         raise ValueError(f"time embedding width must be even, got {dim}")
     if time.ndim != 1:
@@ -76,7 +77,7 @@ class SuffixEmbedding:
 
     def fuse_action_time(self, action_emb: Tensor,
                          time_emb: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """Return (action tokens, adarms_cond): PI0 mixes time into the tokens, PI0.5 into adaRMS."""
+        """Return (action tokens, adarms_cond): PI0 mixes time into tokens, PI0.5 into adaRMS."""
         if self.config.is_pi05:
             cond = F.silu(_linear(self.time_mlp_out, F.silu(_linear(self.time_mlp_in, time_emb))))
             return action_emb, cond
@@ -87,7 +88,8 @@ class SuffixEmbedding:
     def embed_suffix_tokens(self, state: Optional[Tensor], x_t: Tensor,
                             timestep: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Return (suffix embs [B, S, D], adarms_cond); the masks are static and built once."""
-        tokens, cond = self.fuse_action_time(self.embed_actions(x_t), self.embed_timestep(timestep))
+        action_emb = self.embed_actions(x_t)
+        tokens, cond = self.fuse_action_time(action_emb, self.embed_timestep(timestep))
         if not self.config.is_pi05:
             state_emb = self.embed_state(state)
             tokens = torch.cat([state_emb.to(tokens.dtype), tokens], dim=1)

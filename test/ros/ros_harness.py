@@ -132,14 +132,23 @@ class Session:
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.executor.add_node(self.node)
         self.executor.add_node(self.driver.ros)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._spinning = threading.Event()
+        self._spinning.set()
+
+        def spin() -> None:
+            # spin_once in a loop, so the executor is idle before shutdown destroys its guard
+            while self._spinning.is_set():
+                self.executor.spin_once(timeout_sec=0.05)
+
+        self.thread = threading.Thread(target=spin, daemon=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.driver.stop()
-        self.executor.shutdown(timeout_sec=5.0)
+        self._spinning.clear()
         self.thread.join(5.0)
+        self.executor.shutdown(timeout_sec=5.0)
         self.node._release()
         self.node.destroy_node()
         self.driver.ros.destroy_node()

@@ -1,4 +1,4 @@
-"""Mask and position-id rules of pi0_ttnn_node/masks.py (prefix-LM, masked cameras, suffix blocks)."""
+"""Mask and position-id rules of masks.py (prefix-LM, masked cameras, suffix blocks)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,9 @@ def _model(pi05: bool) -> PI0Model:
 def _inputs(pi05: bool, seed: int = 1) -> dict:
     gen = torch.Generator().manual_seed(seed)
     images = [torch.rand(BATCH, 3, 224, 224, generator=gen) * 2 - 1 for _ in range(3)]
-    img_masks = [torch.tensor([True, True]), torch.tensor([False, True]), torch.tensor([True, True])]
+    # row 0 masks the middle camera, row 1 uses all three
+    img_masks = [torch.tensor([True, True]), torch.tensor([False, True]),
+                 torch.tensor([True, True])]
     lang_masks = torch.zeros(BATCH, LANG, dtype=torch.bool)
     lang_masks[0, :5] = True
     lang_masks[1, :9] = True

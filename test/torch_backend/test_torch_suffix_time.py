@@ -10,7 +10,8 @@ from torch import nn
 
 from pi0_ttnn_node.config import FeaturesConfig, GemmaConfig, PI0Config, SiglipConfig
 from pi0_ttnn_node.torch_backend.torch_denoise import euler_integrate, sample_noise
-from pi0_ttnn_node.torch_backend.torch_suffix import SuffixEmbedding, create_sinusoidal_pos_embedding
+from pi0_ttnn_node.torch_backend.torch_suffix import (SuffixEmbedding,
+                                                      create_sinusoidal_pos_embedding)
 
 WIDTH = 40
 
