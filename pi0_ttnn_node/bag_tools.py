@@ -105,8 +105,11 @@ class BagBuilder:
             raise BagOpenError(f"storage {storage!r} unknown; expected one of {sorted(STORAGES)}")
         self.path = Path(path)
         self.typestore = typestore_for(distro)
-        self.writer = Writer(self.path, version=Writer.VERSION_LATEST,
-                             storage_plugin=STORAGES[storage])
+        try:
+            self.writer = Writer(self.path, version=Writer.VERSION_LATEST,
+                                 storage_plugin=STORAGES[storage])
+        except WriterError as err:
+            raise BagOpenError(f"cannot create bag {self.path}: {err}; choose a new path") from err
         self._conns: Dict[str, Connection] = {}
         self._types = self.typestore.types
 
@@ -359,14 +362,17 @@ class BagReader:
     def connections(self, topics: Sequence[str]) -> List[Connection]:
         return [c for c in self.reader.connections if c.topic in set(topics)]
 
+    def check_not_empty(self) -> None:
+        if self.reader.message_count == 0:
+            raise BagEmptyError(f"bag {self.path} holds no messages; record again")
+
     def require(self, wanted: Mapping[str, Sequence[str]]) -> Dict[str, str]:
         """Check topics exist with one of the allowed types and hold messages; return their types.
 
         Raises BagEmptyError (no messages at all, or a wanted topic is empty), BagTopicError
         (listing every topic in the bag) or BagTypeError.
         """
-        if self.reader.message_count == 0:
-            raise BagEmptyError(f"bag {self.path} holds no messages; record again")
+        self.check_not_empty()
         have, counts = self.topics(), self.counts()
         missing = [t for t in wanted if t not in have]
         if missing:

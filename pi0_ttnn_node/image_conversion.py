@@ -29,6 +29,7 @@ RAW_ENCODINGS = {
 }
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
 # SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_MAX_SEGMENTS = 512
@@ -122,6 +123,15 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
     raise ImageRejected("corrupt_data", f"JPEG of {n} bytes has no readable frame header (SOF)")
 
 
+def _check_jpeg_end(data: Buffer) -> None:
+    # libjpeg fills a cut-off scan with grey and reports success: refuse frames without EOI
+    tail = bytes(memoryview(data)[-64:]).rstrip(b"\x00")  # some drivers pad after EOI
+    if not tail.endswith(_JPEG_EOI):
+        n = _nbytes(data)
+        raise ImageRejected("corrupt_data", f"JPEG of {n} bytes has no end-of-image marker "
+                                            "(FF D9); the frame is truncated")
+
+
 def compressed_image_size(fmt: str, data: Buffer) -> Tuple[str, int, int]:
     """Return (kind, width, height) read from the PNG/JPEG header only.
 
@@ -144,13 +154,18 @@ def compressed_image_size(fmt: str, data: Buffer) -> Tuple[str, int, int]:
 
 def check_compressed_image(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MAX_PIXELS
                            ) -> Tuple[int, int]:
-    """Validate a CompressedImage from its header; return (width, height). Adds image_too_large."""
-    _, width, height = compressed_image_size(fmt, data)
+    """Validate a CompressedImage from its header; return (width, height).
+
+    Adds image_too_large, and corrupt_data for a JPEG without its end-of-image marker.
+    """
+    kind, width, height = compressed_image_size(fmt, data)
     if width <= 0 or height <= 0:
         raise ImageRejected("zero_size", f"compressed image header says {width}x{height}")
     if width * height > max_pixels:
         msg = f"compressed image is {width}x{height} = {width * height} pixels; limit {max_pixels}"
         raise ImageRejected("image_too_large", msg)
+    if kind == "jpeg":
+        _check_jpeg_end(data)
     return width, height
 
 

@@ -60,7 +60,8 @@ class JointStateCache:
     camera frame). A sample older than `t - max_age` is stale.
     """
 
-    def __init__(self, joint_names: Sequence[str], history_s: float = 1.0) -> None:
+    def __init__(self, joint_names: Sequence[str], history_s: float = 1.0,
+                 future_tolerance_s: float = 0.05) -> None:
         names = list(joint_names)
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"joint_names must be non-empty and unique; got {names}")
@@ -68,6 +69,7 @@ class JointStateCache:
             raise ConfigError(f"history_s must be a positive finite number; got {history_s}")
         self.joint_names = tuple(names)
         self.history_s = float(history_s)
+        self.future_tolerance_s = float(future_tolerance_s)
         self._index = {name: i for i, name in enumerate(names)}
         self._hist = [_History() for _ in names]
         self._lock = threading.Lock()
@@ -78,7 +80,8 @@ class JointStateCache:
         """Store one JointState message; return how many configured joints it updated.
 
         A zero stamp falls back to `receipt_time` (warned once). Raises ObservationRejected with
-        reason length_mismatch, duplicate_joints, zero_stamp or nonfinite_state. A non-finite
+        reason length_mismatch, duplicate_joints, zero_stamp, future_stamp (more than
+        future_tolerance_s ahead of `receipt_time`) or nonfinite_state. A non-finite
         position of a configured joint is stored before raising, so observations built on it are
         rejected until a finite sample replaces it; other joints of a refused message are ignored.
         """
@@ -89,6 +92,11 @@ class JointStateCache:
             dups = sorted({n for n in names if list(names).count(n) > 1})
             raise ObservationRejected("duplicate_joints", f"JointState repeats joints {dups}")
         stamp = self._effective_stamp(stamp, receipt_time)
+        if receipt_time is not None and stamp - receipt_time > self.future_tolerance_s:
+            # a future sample would prune the real history and hide newer samples until then
+            msg = (f"JointState stamp {stamp:.3f} is {stamp - receipt_time:.3f} s ahead of the "
+                   f"clock; limit {self.future_tolerance_s} s")
+            raise ObservationRejected("future_stamp", msg)
         picked = [(self._index[n], float(p)) for n, p in zip(names, positions) if n in self._index]
         bad = [self.joint_names[i] for i, p in picked if not math.isfinite(p)]
         if bad:

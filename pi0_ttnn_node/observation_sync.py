@@ -112,7 +112,8 @@ class ObservationAssembler:
 
         `frame` is an RGB array or a zero-argument decoder (image_conversion.*_decoder). A zero
         stamp falls back to `receipt_time` with a one-time warning per camera; the frame then
-        carries transport delay in its age, which is why real stamps are preferred.
+        carries transport delay in its age, which is why real stamps are preferred. A stamp more
+        than future_tolerance_s ahead of `receipt_time` raises ObservationRejected(future_stamp).
         """
         if camera not in self.required:
             raise ConfigError(f"unknown camera '{camera}'; configured: {list(self.camera_names)}")
@@ -120,6 +121,11 @@ class ObservationAssembler:
             msg = f"camera '{camera}' stamp is {stamp} and no receipt time was given"
             self._count("zero_stamp")
             raise ObservationRejected("zero_stamp", msg)
+        if receipt_time is not None and stamp - receipt_time > self.config.future_tolerance_s:
+            # stored, it would hide every newer real frame until the clock caught up with it
+            msg = (f"camera '{camera}' stamp {stamp:.3f} is {stamp - receipt_time:.3f} s ahead "
+                   f"of the clock; limit {self.config.future_tolerance_s} s")
+            raise ObservationRejected("future_stamp", msg)
         if stamp <= 0.0:
             if camera not in self._zero_stamp_warned:
                 logger.warning("camera '%s' sends header.stamp 0; using receipt time", camera)

@@ -51,7 +51,8 @@ def assert_pcc(actual: torch.Tensor, expected: torch.Tensor, component: str,
         raise AssertionError(f"{component} {label}: non-finite values in the TTNN output")
     value = pcc(actual, expected)
     bound = threshold(component, weight_dtype)
-    rel = float((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30))
+    diff = (actual.double() - expected.double()).norm()
+    rel = float(diff / expected.double().norm().clamp_min(1e-30))
     print(f"PCC {component:<17} {weight_dtype:<10} {label:<14} {value:.6f} (>= {bound}) "
           f"rel-L2 {rel:.2e}")
     assert value >= bound, (f"{component} {label}: PCC {value:.6f} < {bound} with "

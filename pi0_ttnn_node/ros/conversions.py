@@ -1,4 +1,4 @@
-"""ROS messages <-> core values: stamps as float seconds, image decoders, joint arrays, trajectories.
+"""ROS messages <-> core values: stamps as float seconds, image decoders, joints, trajectories.
 
 Trajectory messages are built from preallocated points whose time_from_start never changes, and
 positions/velocities are assigned as array('d') in bulk (rclpy validates other sequences element by
@@ -109,8 +109,9 @@ class TrajectoryBuilder:
         self.joint_names = list(joint_names)
         self.dt = dt
         self.msg = JointTrajectory(joint_names=self.joint_names)
-        self._points = [JointTrajectoryPoint(time_from_start=sec_to_duration((j + first_index) * dt))
-                        for j in range(max_points)]
+        self._points = [
+            JointTrajectoryPoint(time_from_start=sec_to_duration((j + first_index) * dt))
+            for j in range(max_points)]
         self._empty = array.array("d")
 
     def build(self, positions: np.ndarray, velocities: Optional[np.ndarray] = None,

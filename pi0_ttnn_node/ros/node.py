@@ -20,20 +20,23 @@ from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from rclpy.publisher import Publisher
+from rclpy.service import Service
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
+from pi0_ttnn_node.action_queue import ActionScheduler
 from pi0_ttnn_node.errors import ObservationRejected, Pi0Error
-from pi0_ttnn_node.ros import conversions, diagnostics, params
+from pi0_ttnn_node.ros import conversions, diagnostics, params, qos
 from pi0_ttnn_node.ros.inference_worker import Divergence, InferenceResult, InferenceWorker
 from pi0_ttnn_node.ros.inputs import InputHub
-from pi0_ttnn_node.ros.policy_loader import PolicyLoader
-from pi0_ttnn_node.safety import Limits, TrajectoryLimiter, to_absolute
+from pi0_ttnn_node.ros.policy_loader import PolicyLoader, build_scheduler
+from pi0_ttnn_node.safety import to_absolute
 
 NODE_NAME = "pi0_ttnn_node"
 
@@ -126,16 +129,8 @@ class Pi0PolicyNode(Node):
 
     def _make_core(self) -> None:
         cfg, model = self.cfg, self.loader.config
-        schedule = ScheduleConfig(
-            mode=cfg["schedule.mode"], execute_steps=min(cfg["schedule.execute_steps"],
-                                                         model.chunk_size),
-            margin_steps=cfg["schedule.margin_steps"], max_delay_steps=cfg["schedule.max_delay_steps"],
-            merge=cfg["merge.mode"], blend_steps=cfg["merge.blend_steps"],
-            control_rate_hz=cfg["control_rate_hz"])
-        limits = Limits.create(cfg.position_lower, cfg.position_upper, cfg.max_velocity,
-                               cfg["limits.max_start_jump"])
-        self.scheduler = ActionScheduler(schedule, len(cfg.action_joint_names),
-                                         TrajectoryLimiter(limits), LatencyTracker())
+        self.scheduler = build_scheduler(cfg, model.chunk_size)
+        self._accepted, self._chunk_t_obs = 0, {}
         self.hub = InputHub(cfg, self._now, self._on_instruction_change, conversions.make_bridge())
         self.command_builder = conversions.TrajectoryBuilder(cfg.action_joint_names, cfg.dt,
                                                              model.chunk_size + 1)
@@ -148,35 +143,27 @@ class Pi0PolicyNode(Node):
             self._on_backend_event)
 
     def _make_ros_entities(self) -> None:
-        cfg = self.cfg
-        image_qos = QoSProfile(depth=cfg["qos.image_depth"],
-                               reliability=qos_profile_sensor_data.reliability
-                               if cfg["qos.image_reliability"] == "best_effort"
-                               else ReliabilityPolicy.RELIABLE)
+        cfg, warn = self.cfg, self.get_logger().warn
         add = self._entities.append
         for cam in cfg.cameras:
             msg_type = Image if cam.transport == "raw" else CompressedImage
             add(self.create_subscription(msg_type, cam.topic,
-                                         lambda m, c=cam: self.hub.on_image(c, m), image_qos,
-                                         callback_group=self._cb_inputs))
-        js_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+                                         lambda m, c=cam: self.hub.on_image(c, m),
+                                         qos.image_qos(cfg), callback_group=self._cb_inputs,
+                                         event_callbacks=qos.incompatible_qos_warning(cam.topic,
+                                                                                      warn)))
         for topic in cfg["joint_states.topics"]:
-            add(self.create_subscription(JointState, topic, self.hub.on_joint_state, js_qos,
-                                         callback_group=self._cb_inputs))
-        durability = (DurabilityPolicy.TRANSIENT_LOCAL
-                      if cfg["qos.instruction_durability"] == "transient_local"
-                      else DurabilityPolicy.VOLATILE)
+            add(self.create_subscription(JointState, topic, self.hub.on_joint_state,
+                                         qos.joint_state_qos(), callback_group=self._cb_inputs))
         add(self.create_subscription(String, "~/instruction",
                                      lambda m: self.hub.on_instruction(m.data),
-                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                                durability=durability),
-                                     callback_group=self._cb_inputs))
-        self.command_pub = self.create_lifecycle_publisher(
-            JointTrajectory, cfg["output.topic"],
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-        self.chunk_pub = self.create_lifecycle_publisher(
-            JointTrajectory, "~/action_chunk",
-            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+                                     qos.instruction_qos(cfg), callback_group=self._cb_inputs,
+                                     event_callbacks=qos.incompatible_qos_warning(
+                                         "~/instruction", warn)))
+        self.command_pub = self.create_lifecycle_publisher(JointTrajectory, cfg["output.topic"],
+                                                           qos.command_qos())
+        self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, "~/action_chunk",
+                                                         qos.chunk_qos())
         self.diag_pub = self.create_publisher(diagnostics.DiagnosticArray, "/diagnostics", 10)
         add(self.command_pub)
         add(self.chunk_pub)
@@ -210,13 +197,16 @@ class Pi0PolicyNode(Node):
         self._entities = []
 
     def _destroy(self, entity: Any) -> None:
-        for destroy in (self.destroy_subscription, self.destroy_service, self.destroy_timer,
-                        self.destroy_publisher):
-            try:
-                if destroy(entity):
-                    return
-            except (TypeError, AttributeError):
-                continue
+        if isinstance(entity, LifecyclePublisher):  # also leaves the managed-entity set
+            self.destroy_lifecycle_publisher(entity)
+        elif isinstance(entity, Publisher):
+            self.destroy_publisher(entity)
+        elif isinstance(entity, Subscription):
+            self.destroy_subscription(entity)
+        elif isinstance(entity, Service):
+            self.destroy_service(entity)
+        else:
+            self.destroy_timer(entity)
 
     # ---- control loop (timer group) ----------------------------------------------------------
     def _now(self) -> float:
@@ -250,11 +240,12 @@ class Pi0PolicyNode(Node):
                                          time_from_start=traj.times - t0)
         self.command_pub.publish(msg)
 
-    def _publish_hold(self, reason: str) -> None:
+    def _publish_hold(self, reason: str, even_in_dry_run: bool = False) -> None:
         self._holding = True
         self.status.holds[reason] = self.status.holds.get(reason, 0) + 1
         pub = getattr(self, "command_pub", None)
-        if self.scheduler is None or self._dry_run() or pub is None or not pub.is_activated:
+        if self.scheduler is None or pub is None or not pub.is_activated or \
+                (self._dry_run() and not even_in_dry_run):
             return
         now = self._now()
         position = self.scheduler.current_command(now)
@@ -293,15 +284,20 @@ class Pi0PolicyNode(Node):
         except Pi0Error as err:
             self._on_failure("action_space", result.request_id, err)
             return
-        if self.chunk_pub.is_activated:
-            self.chunk_pub.publish(self.chunk_builder.build(chunk, stamp=result.t_obs))
         report = self.scheduler.on_chunk(chunk, result.t_obs, now, result.request_id,
                                          current_state=result.state[idx])
         self.status.record_chunk(result, report)
+        # refused chunks are still model output worth recording, except those from before a reset
+        if report.reason != "stale_request" and self.chunk_pub.is_activated:
+            self.chunk_pub.publish(self.chunk_builder.build(chunk, stamp=result.t_obs))
         if report.accepted:
+            # keep the previous chunk's entry: the control tick may still be playing it
+            previous = self._chunk_t_obs.get(self._accepted)
             self._accepted += 1
             self._chunk_t_obs = {self._accepted: result.t_obs}
-        if not report.accepted:
+            if previous is not None:
+                self._chunk_t_obs[self._accepted - 1] = previous
+        else:
             self.get_logger().warn(f"chunk refused: {report.reason}", throttle_duration_sec=2.0)
 
     def _on_reject(self, request_id: int, err: ObservationRejected) -> None:
@@ -362,8 +358,9 @@ class Pi0PolicyNode(Node):
         if "safety.dry_run" in names:
             self.get_logger().warn("output " + ("disabled (dry run)" if values["safety.dry_run"]
                                                 else "ARMED"))
-            if values["safety.dry_run"]:
-                self._holding = True
+            if values["safety.dry_run"] and self._control_timer is not None:
+                # stop the controller following the last trajectory sent while armed
+                self._publish_hold("disarmed", even_in_dry_run=True)
 
     def _publish_diagnostics(self) -> None:
         state = self._state_machine.current_state[1]

@@ -299,7 +299,7 @@ def _cameras(v: Mapping[str, Any]) -> Tuple[CameraSpec, ...]:
 
 
 def build_node_config(values: Mapping[str, Any]) -> NodeConfig:
-    """Check every value and the relations between them; raise ConfigError naming the first fault."""
+    """Check every value and how they relate; raise ConfigError naming the first fault."""
     unknown = sorted(set(values) - set(SPECS))
     missing = sorted(set(SPECS) - set(values))
     if unknown or missing:

@@ -1,9 +1,10 @@
-"""Checkpoint resolution and policy construction for the node (runs on the inference worker).
+"""Checkpoint resolution and policy construction for the node (policies built on the worker).
 
 The checkpoint is read once per configure and shared by every backend built from it (switch and
 shadow), so a backend change only builds and warms the model. An empty `policy.checkpoint_dir`
 means the embedded tiny random-weight model: a demo and test fixture, not a trained policy.
-Counterparts: policy.py (Pi0Policy), embedded.py, ros/params.py (NodeConfig).
+`build_scheduler` turns the node's schedule and limit parameters into the core's action queue.
+Counterparts: policy.py (Pi0Policy), embedded.py, action_queue.py, ros/params.py (NodeConfig).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import List
 
 import numpy as np
 
+from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
 from pi0_ttnn_node.checkpoint import load_checkpoint
 from pi0_ttnn_node.config import PI0Config
 from pi0_ttnn_node.embedded import ensure_embedded_checkpoint
@@ -21,6 +23,7 @@ from pi0_ttnn_node.errors import ConfigError
 from pi0_ttnn_node.policy import Pi0Policy, PolicyConfig
 from pi0_ttnn_node.preprocessing import Observation
 from pi0_ttnn_node.ros.params import BackendSpec, NodeConfig
+from pi0_ttnn_node.safety import Limits, TrajectoryLimiter
 
 LOG = logging.getLogger(__name__)
 WARMUP_INSTRUCTION = "warm up"
@@ -93,3 +96,16 @@ def check_compatible(cfg: NodeConfig, model: PI0Config) -> np.ndarray:
         raise ConfigError(f"action joints {missing} are not in state.joint_names; the node needs "
                           "their measured positions as the start of each trajectory")
     return np.array([cfg.state_joint_names.index(j) for j in cfg.action_joint_names])
+
+
+def build_scheduler(cfg: NodeConfig, chunk_size: int) -> ActionScheduler:
+    """Action queue with the safety limiter, from `schedule.*`, `merge.*` and `limits.*`."""
+    schedule = ScheduleConfig(
+        mode=cfg["schedule.mode"], execute_steps=min(cfg["schedule.execute_steps"], chunk_size),
+        margin_steps=cfg["schedule.margin_steps"], max_delay_steps=cfg["schedule.max_delay_steps"],
+        merge=cfg["merge.mode"], blend_steps=cfg["merge.blend_steps"],
+        control_rate_hz=cfg["control_rate_hz"])
+    limits = Limits.create(cfg.position_lower, cfg.position_upper, cfg.max_velocity,
+                           cfg["limits.max_start_jump"])
+    return ActionScheduler(schedule, len(cfg.action_joint_names), TrajectoryLimiter(limits),
+                           LatencyTracker())

@@ -2,7 +2,8 @@
 
 Names and defaults are the node's (`ros/params.py`; a test keeps them equal), read here without
 rclpy so replay runs on machines without ROS. Relative topics resolve against `--namespace` (`/`),
-`~/x` against the node name, like rclpy does. Counterpart: tools/replay.py.
+`~/x` against the node name, like rclpy does; a camera topic missing from the bag is replaced by
+`<topic>/compressed` when that holds CompressedImage. Counterpart: tools/replay.py.
 """
 
 from __future__ import annotations
@@ -127,8 +128,10 @@ def _first_joint_names(bag: BagReader, topics: Sequence[str]) -> List[str]:
 
 
 def resolve_inputs(values: Dict[str, Any], bag: BagReader, node_name: str, namespace: str,
-                   state_dim: int, action_dim: int) -> ReplayInputs:
-    """Map node parameters onto the bag; raise BagTopicError / BagTypeError / ConfigError."""
+                   state_dim: int, action_dim: int,
+                   instruction_topic: str = "~/instruction") -> ReplayInputs:
+    """Map node parameters onto the bag; raise a BagError subclass or ConfigError."""
+    bag.check_not_empty()
     names, topics = list(values["cameras.names"]), list(values["cameras.topics"])
     required = list(values["cameras.required"])
     if len(topics) != len(names) or len(required) != len(names):
@@ -136,10 +139,13 @@ def resolve_inputs(values: Dict[str, Any], bag: BagReader, node_name: str, names
                           f"{required} must have the same length")
     have = bag.topics()
     topics = [resolve_topic(t, node_name, namespace) for t in topics]
+    # image_transport naming: `<topic>/compressed` stands in for a raw topic the bag lacks
+    topics = [t + "/compressed" if t not in have and have.get(t + "/compressed") == COMPRESSED
+              else t for t in topics]
     wanted = {t: (IMAGE, COMPRESSED) for t, r in zip(topics, required) if r or t in have}
     joint_topics = [resolve_topic(t, node_name, namespace) for t in values["joint_states.topics"]]
     wanted.update({t: (JOINT_STATE,) for t in joint_topics})
-    instruction = resolve_topic("~/instruction", node_name, namespace)
+    instruction = resolve_topic(instruction_topic, node_name, namespace)
     if instruction in have or not values["instruction.default"]:
         if instruction not in have:
             listing = ", ".join(sorted(have))

@@ -66,15 +66,15 @@ def divergence(records: Sequence[TickRecord], joint_names: Sequence[str], thresh
     xa = np.stack([r.chunks[a] for r in pairs])  # [K, H, n]
     xb = np.stack([r.chunks[b] for r in pairs])
     diff = np.abs(xa - xb)
-    per_joint = {name: {"pcc": round(pcc(xa[:, :, j], xb[:, :, j]), 6),
+    per_joint = {name: {"pcc": round(pcc(xa[:, :, j], xb[:, :, j]), 9),
                         "max_abs_diff": float(diff[:, :, j].max()),
                         "mean_abs_diff": float(diff[:, :, j].mean())}
                  for j, name in enumerate(joint_names)}
-    per_tick = [{"tick": r.tick, "t_obs": round(r.t_obs, 6), "pcc": round(pcc(pa, pb), 6),
+    per_tick = [{"tick": r.tick, "t_obs": round(r.t_obs, 6), "pcc": round(pcc(pa, pb), 9),
                  "max_abs_diff": float(d.max())}
                 for r, pa, pb, d in zip(pairs, xa, xb, diff)]
     first = next((t for t in per_tick if t["max_abs_diff"] > threshold), None)
-    return {"compared_ticks": len(pairs), "threshold": threshold, "pcc": round(pcc(xa, xb), 6),
+    return {"compared_ticks": len(pairs), "threshold": threshold, "pcc": round(pcc(xa, xb), 9),
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "first_divergent_tick": first, "per_joint": per_joint, "per_tick": per_tick}
 
@@ -134,13 +134,15 @@ def write_plots(out_dir: Path, records: Sequence[TickRecord], labels: Dict[str, 
     if div and div.get("compared_ticks"):
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
         t = [p["t_obs"] - t0 for p in div["per_tick"]]
-        ax1.plot(t, [p["max_abs_diff"] for p in div["per_tick"]], "o-", ms=3)
-        ax1.axhline(div["threshold"], color="r", ls=":", label="threshold")
-        ax1.set_ylabel("max |A - B|")
-        ax1.set_yscale("symlog", linthresh=1e-6)
+        # log axes; exact agreement (0) is drawn at 1e-12 so it stays visible
+        ax1.plot(t, [max(p["max_abs_diff"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
+        ax1.axhline(max(div["threshold"], 1e-12), color="r", ls=":", label="threshold")
+        ax1.set_ylabel("max |A - B| per chunk")
+        ax1.set_yscale("log")
         ax1.legend(fontsize=8)
-        ax2.plot(t, [p["pcc"] for p in div["per_tick"]], "o-", ms=3)
-        ax2.set_ylabel("PCC per chunk")
+        ax2.plot(t, [max(1.0 - p["pcc"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
+        ax2.set_ylabel("1 - PCC per chunk")
+        ax2.set_yscale("log")
         ax2.set_xlabel("bag time [s]")
         fig.suptitle(f"{labels['a']} vs {labels['b']}", fontsize=9)
         fig.tight_layout()

@@ -63,8 +63,10 @@ class TtnnBackend:
 
     def describe(self) -> Dict[str, Any]:
         rc = self.runtime_config
-        device = ("EMULATED (CPU, not a Tenstorrent card; timings are not hardware timings) "
-                  f"{rc.emulated_board}" if self.is_emulated else f"Tenstorrent device {rc.device_id}")
+        device = f"Tenstorrent device {rc.device_id}"
+        if self.is_emulated:
+            device = ("EMULATED (CPU, not a Tenstorrent card; timings are not hardware timings) "
+                      f"{rc.emulated_board}")
         return {"backend": "ttnn", "device": device, "emulated": self.is_emulated,
                 "weight_dtype": rc.weight_dtype, "matmul_fidelity": rc.matmul_fidelity,
                 "trace": rc.use_trace, "model_type": self.config.model_type}

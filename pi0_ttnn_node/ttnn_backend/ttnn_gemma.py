@@ -159,7 +159,8 @@ class GemmaAttentionTTNN(LightweightModule):
         out = ttnn.transformer.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, is_causal=False, scale=self.scale,
             compute_kernel_config=self.kernel)  # [B, Hq, N, hdp]
-        out = ttnn.reshape(ttnn.experimental.nlp_concat_heads(out), (b, n, self.num_heads * self.hdp))
+        out = ttnn.experimental.nlp_concat_heads(out)  # [B, 1, N, Hq * hdp]
+        out = ttnn.reshape(out, (b, n, self.num_heads * self.hdp))
         return ttnn.linear(out, self.wo, compute_kernel_config=self.kernel), (k, v)
 
 

@@ -85,7 +85,8 @@ def _check(config: PI0Config, images: Sequence[Tensor], img_masks: Sequence[Tens
     expected = (batch, config.chunk_size, config.max_action_dim)
     if tuple(noise.shape) != expected:
         raise ObservationError(f"noise has shape {tuple(noise.shape)}; expected {expected}")
-    if not config.is_pi05 and (state is None or tuple(state.shape) != (batch, config.max_state_dim)):
+    bad_state = state is None or tuple(state.shape) != (batch, config.max_state_dim)
+    if not config.is_pi05 and bad_state:
         shape = None if state is None else tuple(state.shape)
         raise ObservationError(f"PI0 needs state [{batch}, {config.max_state_dim}]; got {shape}")
 

@@ -77,7 +77,7 @@ class PaliGemmaWithExpertTTNN:
 
     def forward_expert(self, cache: PrefixKVCacheTTNN, suffix_embs: "ttnn.Tensor",
                        adarms_cond: Optional["ttnn.Tensor"]) -> "ttnn.Tensor":
-        """Run the expert over the suffix against the cached prefix; return normed hidden [B, S, D]."""
+        """Run the expert over the suffix against the cached prefix; return hidden [B, S, D]."""
         past = list(zip(cache.k, cache.v))
         out, _ = self.gemma_expert(suffix_embs, cache.suffix_rope, cache.suffix_mask, past,
                                    adarms_cond)

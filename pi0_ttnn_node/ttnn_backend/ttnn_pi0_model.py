@@ -48,7 +48,8 @@ def check_state_dict(config: PI0Config, state_dict: Dict[str, Tensor]) -> None:
         raise CheckpointError(msg)
     for key, shape in expected.items():
         if tuple(state_dict[key].shape) != shape:
-            raise CheckpointError(f"{key} has shape {tuple(state_dict[key].shape)}, expected {shape}")
+            got = tuple(state_dict[key].shape)
+            raise CheckpointError(f"{key} has shape {got}, expected {shape}")
 
 
 @dataclass

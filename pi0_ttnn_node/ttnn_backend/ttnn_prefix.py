@@ -1,7 +1,7 @@
 """Prefix embedding on the device: SigLIP + projector for all cameras at once, scaled language.
 
 Layout [img0 256, img1 256, ..., language L]; images arrive stacked row-major as [B * C, 3, H, W]
-(row b, camera c at index b * C + c), so the tower output reshapes to [B, C * 256, D] without a copy.
+(row b, camera c at index b * C + c), so the tower output reshapes to [B, C * 256, D] as a view.
 Masked cameras still run through SigLIP (static shapes) and their tokens are zeroed, as in the
 torch file. Pad masks are built with ttnn ops (repeat + concat), no host round trip.
 Counterpart: torch_backend/torch_prefix.py.

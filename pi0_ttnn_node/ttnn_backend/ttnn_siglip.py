@@ -63,7 +63,8 @@ class SiglipAttentionTTNN(LightweightModule):
         q, k, v = ttnn.experimental.nlp_create_qkv_heads(
             qkv, num_heads=self.num_heads, num_kv_heads=self.num_heads, transpose_k_heads=False)
         out = ttnn.transformer.scaled_dot_product_attention(
-            q, k, v, is_causal=False, scale=self.head_dim ** -0.5, compute_kernel_config=self.kernel)
+            q, k, v, is_causal=False, scale=self.head_dim ** -0.5,
+            compute_kernel_config=self.kernel)
         out = ttnn.experimental.nlp_concat_heads(out)  # [N, 1, S, H * hdp]
         out = ttnn.reshape(out, (n, s, self.num_heads * padded_head_dim(self.head_dim)))
         return ttnn.linear(out, self.wo, bias=self.bo, compute_kernel_config=self.kernel)

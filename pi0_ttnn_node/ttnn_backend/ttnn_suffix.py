@@ -1,8 +1,8 @@
 """Suffix embedding (state, noisy actions, time) and the velocity head on the device.
 
 PI0: [state_proj(state)] + action_time_mlp_out(silu(action_time_mlp_in([action_in_proj(x_t),
-sincos(t)]))); PI0.5: action_in_proj(x_t) tokens and silu(time_mlp_out(silu(time_mlp_in(sincos(t)))))
-as the adaRMS condition. The sinusoid is computed on the device in float32. Action rows may be
+sincos(t)]))); PI0.5: action_in_proj(x_t) tokens, and
+silu(time_mlp_out(silu(time_mlp_in(sincos(t))))) as the adaRMS condition. The sinusoid is computed on the device in float32. Action rows may be
 padded past chunk_size (tile-aligned suffix); padded rows are masked and dropped after download.
 Counterpart: torch_backend/torch_suffix.py.
 """
@@ -27,7 +27,8 @@ def suffix_masks(config: PI0Config, batch: int, length: int) -> Tuple[torch.Tens
     pad, att = masks.suffix_pattern(config, batch)
     extra = length - pad.shape[1]
     if extra < 0:
-        raise ValueError(f"suffix length {length} is shorter than the model's {pad.shape[1]} tokens")
+        raise ValueError(f"suffix length {length} is shorter than the model's {pad.shape[1]} "
+                         "tokens")
     fill = torch.zeros(batch, extra, dtype=torch.bool)
     return torch.cat([pad, fill], dim=1), torch.cat([att, fill], dim=1)
 

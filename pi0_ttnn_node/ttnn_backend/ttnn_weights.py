@@ -292,8 +292,9 @@ def weight_plan(cfg: PI0Config, dtypes: WeightDtypes) -> List[TensorSpec]:
                           "table serves both stacks")
     specs: List[TensorSpec] = list(_siglip_specs(cfg.vision, dtypes.vision))
     specs += [
-        TensorSpec("multi_modal_projector.weight", "projector", (cfg.vision.hidden_size,
-                   cfg.vlm.width), dtypes.projector, "TILE", _linear_t("multi_modal_projector.weight")),
+        TensorSpec("multi_modal_projector.weight", "projector",
+                   (cfg.vision.hidden_size, cfg.vlm.width), dtypes.projector, "TILE",
+                   _linear_t("multi_modal_projector.weight")),
         TensorSpec("multi_modal_projector.bias", "projector", (1, cfg.vlm.width), "bfloat16",
                    "TILE", _row("multi_modal_projector.bias")),
         TensorSpec("language_model.embed_tokens.weight", "embed_tokens",

@@ -161,7 +161,7 @@ def _huge_png_header(width: int, height: int) -> bytes:
 def _huge_jpeg_header(width: int, height: int) -> bytes:
     app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
     sof0 = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3) + bytes(9)
-    return b"\xff\xd8" + app0 + sof0 + b"\xff\xda" + bytes(64)
+    return b"\xff\xd8" + app0 + sof0 + b"\xff\xda" + bytes(64) + b"\xff\xd9"
 
 
 @pytest.mark.parametrize("make", [_huge_png_header, _huge_jpeg_header])

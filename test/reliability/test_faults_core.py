@@ -224,3 +224,49 @@ def test_latency_beyond_max_delay_falls_back_to_sync_and_replays_the_chunk_from_
     assert report.accepted and report.mode == "sync" and report.queued == 5
     traj = sched.tick(0.5)
     assert traj is not None and traj.times[0] > 0.5 and traj.times.shape[0] == 5
+
+
+# ---- future stamps at intake --------------------------------------------------------------------
+def test_future_stamped_frame_is_refused_at_intake_and_does_not_block_newer_frames():
+    from pi0_ttnn_node.errors import ObservationRejected
+    from pi0_ttnn_node.joint_mapping import JointStateCache
+    from pi0_ttnn_node.observation_sync import ObservationAssembler, SyncConfig
+
+    joints = JointStateCache(["a"])
+    asm = ObservationAssembler(["cam"], [True], "cam", joints,
+                               SyncConfig(default_instruction="go"))
+    frame = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ObservationRejected, match="ahead of the clock") as err:
+        asm.add_image("cam", 105.0, frame, receipt_time=100.0)
+    assert err.value.reason == "future_stamp"
+    assert asm.add_image("cam", 100.01, frame, receipt_time=100.02)
+    joints.add(100.0, ["a"], [0.1], receipt_time=100.0)
+    assert asm.build(100.03).timestamp == pytest.approx(100.01)
+
+
+def test_future_stamped_joint_state_is_refused_and_keeps_the_history():
+    from pi0_ttnn_node.errors import ObservationRejected
+    from pi0_ttnn_node.joint_mapping import JointStateCache
+
+    cache = JointStateCache(["a", "b"], history_s=1.0)
+    cache.add(100.0, ["a", "b"], [0.1, 0.2], receipt_time=100.0)
+    with pytest.raises(ObservationRejected) as err:
+        cache.add(200.0, ["a", "b"], [9.0, 9.0], receipt_time=100.01)
+    assert err.value.reason == "future_stamp"
+    cache.add(100.02, ["a", "b"], [0.3, 0.4], receipt_time=100.02)
+    assert np.allclose(cache.lookup(100.03, 0.1), [0.3, 0.4])
+
+
+def test_truncated_jpeg_is_refused_although_libjpeg_would_decode_it():
+    import cv2
+
+    from pi0_ttnn_node.image_conversion import ImageRejected, check_compressed_image
+
+    frame = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    assert check_compressed_image("jpeg", jpeg + bytes(7)) == (64, 48)  # zero padding is fine
+    assert cv2.imdecode(np.frombuffer(jpeg[: len(jpeg) // 2], np.uint8), cv2.IMREAD_COLOR) \
+        is not None
+    with pytest.raises(ImageRejected, match="end-of-image") as err:
+        check_compressed_image("jpeg", jpeg[: len(jpeg) // 2])
+    assert err.value.reason == "corrupt_data"

@@ -41,6 +41,17 @@ def test_node_publishes_valid_trajectories_for_each_image_transport(transport, s
         assert abs(t_obs - s.node.get_clock().now().nanoseconds * 1e-9) < 10.0
 
 
+def test_observation_stamp_mode_stamps_commands_with_the_chunk_observation_time():
+    with Session({"output.stamp_mode": "observation"}) as s:
+        s.bring_up()
+        s.driver.start()
+        assert wait_for(lambda: len(s.driver.trajectories) >= 3, 60)
+        t_obs = {conversions.stamp_to_sec(c.header.stamp) for c in s.driver.chunks}
+        msg = s.driver.trajectories[-1]
+        assert conversions.stamp_to_sec(msg.header.stamp) in t_obs
+        assert_valid_trajectory(msg, list(s.node.cfg.action_joint_names))
+
+
 def test_dry_run_publishes_only_the_action_chunk_until_enabled():
     with Session({"safety.dry_run": True}) as s:
         s.bring_up()
@@ -53,6 +64,11 @@ def test_dry_run_publishes_only_the_action_chunk_until_enabled():
         reply = client.call(SetBool.Request(data=True), timeout_sec=10.0)
         assert reply.success and s.node.get_parameter("safety.dry_run").value is False
         assert wait_for(lambda: len(s.driver.trajectories) >= 1, 30)
+        reply = client.call(SetBool.Request(data=False), timeout_sec=10.0)
+        assert reply.success and s.node.get_parameter("safety.dry_run").value is True
+        assert wait_for(lambda: len(s.driver.trajectories[-1].points) == 1, 5)  # hold on disarm
+        count = len(s.driver.trajectories)
+        assert not wait_for(lambda: len(s.driver.trajectories) > count, 1.0)
 
 
 @pytest.mark.parametrize("fault, reason, status_name", [

@@ -68,7 +68,8 @@ def make_inputs(cfg: PI0Config, seed: int = 1) -> Dict[str, object]:
                 state=state, noise=noise)
 
 
-@pytest.fixture(scope="module", params=["emulated", pytest.param("card", marks=pytest.mark.tt_device)])
+@pytest.fixture(scope="module",
+                params=["emulated", pytest.param("card", marks=pytest.mark.tt_device)])
 def tt(request):
     """An open TtDevice: the CPU emulation, or (tt_device variant) a real card."""
     if request.param == "card":

@@ -1,0 +1,63 @@
+"""TtnnBackend through backends.create_backend: emulation only on request, same chunk as torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_inputs, reference
+from pcc import assert_pcc
+
+from pi0_ttnn_node.backends import BackendOptions, create_backend
+from pi0_ttnn_node.checkpoint import LoadedCheckpoint
+from pi0_ttnn_node.embedded import tiny_norm_stats
+from pi0_ttnn_node.errors import BackendUnavailableError
+from pi0_ttnn_node.preprocessing import ModelInputs
+from pi0_ttnn_node.ttnn_backend.runtime import card_present
+
+
+def _checkpoint(model_type: str) -> LoadedCheckpoint:
+    cfg, sd, _ = reference(model_type, "tiny")
+    return LoadedCheckpoint(path=Path("/nonexistent"), config=cfg, state_dict=sd,
+                            norm_stats=tiny_norm_stats(cfg), ignored_keys=[],
+                            source_format="lerobot")
+
+
+def _model_inputs(cfg) -> tuple:
+    raw = make_inputs(cfg)
+    state = raw["state"] if raw["state"] is not None else torch.zeros(2, cfg.max_state_dim)
+    inputs = ModelInputs(images=raw["images"], img_masks=raw["img_masks"],
+                         lang_tokens=raw["lang_tokens"], lang_masks=raw["lang_masks"], state=state)
+    return inputs, raw["noise"]
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+@pytest.mark.parametrize("use_trace", [False, True], ids=["eager", "trace"])
+def test_emulated_ttnn_backend_says_so_and_matches_the_torch_backend(model_type, use_trace):
+    ckpt = _checkpoint(model_type)
+    inputs, noise = _model_inputs(ckpt.config)
+    ref = create_backend("torch", ckpt).sample_actions(inputs, noise)
+    options = BackendOptions(ttnn_emulate=True, ttnn_use_trace=use_trace)
+    backend = create_backend("ttnn", ckpt, options)
+    try:
+        info = backend.describe()
+        assert info["emulated"] is True and "EMULATED" in info["device"]
+        for _ in range(2):  # with trace: warm-up/capture, then replay
+            out = backend.sample_actions(inputs, noise)
+            assert isinstance(out, np.ndarray) and out.dtype == np.float32
+            assert out.shape == ref.shape
+            assert_pcc(torch.from_numpy(out), torch.from_numpy(ref), "actions", "bfloat16",
+                       f"backend-{model_type}")
+    finally:
+        backend.close()
+    backend.close()  # closing twice is harmless
+    with pytest.raises(BackendUnavailableError, match="closed"):
+        backend.sample_actions(inputs, noise)
+
+
+@pytest.mark.skipif(card_present(), reason="a Tenstorrent card is present: the backend opens it")
+def test_ttnn_backend_without_a_card_fails_and_names_the_emulation_switch():
+    with pytest.raises(BackendUnavailableError, match="ttnn_emulate"):
+        create_backend("ttnn", _checkpoint("pi0"), BackendOptions(ttnn_emulate=False))
