@@ -1,9 +1,9 @@
-"""Small rosbag2 recordings (sqlite3 or MCAP) written and read with `rosbags`, no ROS install needed.
+"""Small rosbag2 recordings (sqlite3 or MCAP) written and read with `rosbags`, no ROS install.
 
 `BagBuilder` writes Image / CompressedImage / JointState / String / JointTrajectory messages with
 ROS 2 Humble or Jazzy definitions; `make_demo_bag` is the deterministic demo session (3 cameras at
-15 Hz, joints at 100 Hz, one instruction). `BagReader` wraps `AnyReader` and turns every failure into
-a `BagError` subclass with its own CLI exit code. Counterparts: tools/replay.py, tools/bag_play.py.
+15 Hz, joints at 100 Hz, one instruction). `BagReader` wraps `AnyReader` and turns every failure
+into a `BagError` subclass with its own CLI exit code. Counterparts: tools/replay.py, bag_play.py.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class BagBuilder:
     def add_compressed(self, topic: str, stamp_ns: int, rgb: np.ndarray, fmt: str = "jpeg",
                        frame_id: str = "", log_time_ns: Optional[int] = None,
                        quality: int = 90) -> None:
-        """RGB uint8 [H, W, 3] encoded with OpenCV as jpeg or png (format string as image_transport)."""
+        """RGB uint8 [H, W, 3] encoded by OpenCV as jpeg or png (format as image_transport)."""
         if fmt not in ("jpeg", "png"):
             raise BagTypeError(f"compressed format {fmt!r} not supported; use jpeg or png")
         params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []

@@ -146,6 +146,8 @@ def policy_status(node: Any, state: str, hardware_id: str):
         "chunk_boundary_jump_max": st.boundary_jump_max, "dropped_last": st.dropped_last,
         "truncated_prompts": st.truncated_prompts,
     }
+    if node.worker is not None:
+        values.update({f"device.{k}": v for k, v in node.worker.description.items()})
     values.update({f"reject.{k}": v for k, v in sorted(rejects.items())})
     values.update({f"clip.{k}": v for k, v in sorted(limiter.items())})
     values.update({f"queue.{k}": v for k, v in sorted(sched.counters.items())})

@@ -93,6 +93,7 @@ class InferenceWorker:
         self.shadow: Any = None
         self.spec: Any = None
         self.shadow_spec: Any = None
+        self.description: Dict[str, Any] = {}  # primary backend.describe(), read on this thread
 
     # ---- thread control ------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,6 +207,7 @@ class InferenceWorker:
             policy.close()
             raise
         old, self.policy, self.spec = self.policy, policy, spec
+        self.description = dict(policy.backend.describe())
         if old is not None:
             old.close()
         return latencies

@@ -1,10 +1,11 @@
-"""pi0-bag-play: publish a rosbag2 over DDS with /clock, like `ros2 bag play --clock`, without ros2cli.
+"""pi0-bag-play: publish a rosbag2 over DDS with /clock, like `ros2 bag play --clock`, no ros2cli.
 
 Messages go out as their recorded CDR bytes (headers untouched) when the playback clock reaches
 their log time; /clock (rosgraph_msgs/Clock) carries that bag time at --clock-hz (40 Hz, as
 `--clock` alone) so nodes with use_sim_time follow the bag. Topics recorded as transient_local
 (the instruction) are republished latched. Counterparts: tools/bag_record.py, tools/replay.py.
-Exit codes: 0 ok, 2 usage, 3-6 bag errors (bag_tools.BagError), 9 a wait-for topic got no subscriber.
+Exit codes: 0 ok, 2 usage, 3-6 bag errors (bag_tools.BagError), 9 a --wait-for-subscriber topic
+got no subscriber in time.
 """
 
 from __future__ import annotations

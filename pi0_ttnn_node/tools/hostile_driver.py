@@ -75,8 +75,11 @@ class Attacker:
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.endswith(": policy"):
+                values = dict(status_values(status), _level=str(int.from_bytes(status.level,
+                                                                              "little")),
+                              _message=status.message)
                 with self._lock:
-                    self.diags.append((time.time(), status_values(status)))
+                    self.diags.append((time.time(), values))
 
     def latest_diag(self, after: float = 0.0) -> Optional[Dict[str, str]]:
         with self._lock:

@@ -33,7 +33,7 @@ OUTPUTS = ("action_chunks", "report.json", "actions.png", "latency.png", "diverg
 
 
 def run_replay(args: ReplayArgs) -> Dict[str, Any]:
-    """Replay the bag; write the chunk bag, report.json and plots under args.out; return the report."""
+    """Replay the bag; write the chunk bag, report.json and plots into args.out."""
     prepare_out(args.out, args.overwrite)
     values = node_values(args.params_file, args.node_name, args.overrides)
     labels = {k: b.label() for k, b in zip("ab", args.backends)}

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+COLORS = {"a": "tab:blue", "b": "tab:orange"}
 
 @dataclass
 class TickRecord:
@@ -86,15 +87,22 @@ def write_plots(out_dir: Path, records: Sequence[TickRecord], labels: Dict[str, 
     import matplotlib
 
     matplotlib.use("Agg")
+    paths = [_plot_actions(out_dir / "actions.png", records, labels, joint_names, dt, t0),
+             _plot_latency(out_dir / "latency.png", records, labels)]
+    if div and div.get("compared_ticks"):
+        paths.append(_plot_divergence(out_dir / "divergence.png", div, labels, t0))
+    return paths
+
+
+def _plot_actions(path: Path, records: Sequence[TickRecord], labels: Dict[str, str],
+                  joint_names: Sequence[str], dt: float, t0: float) -> str:
     import matplotlib.pyplot as plt
 
-    paths: List[str] = []
     n = len(joint_names)
     cols = 2 if n > 3 else 1
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 1.8 * rows + 1), sharex=True,
                              squeeze=False)
-    colors = {"a": "tab:blue", "b": "tab:orange"}
     # each chunk solid up to the next observation (what would play), faint beyond
     ends = [r.t_obs for r in records[1:]] + [np.inf]
     for j, name in enumerate(joint_names):
@@ -104,50 +112,56 @@ def write_plots(out_dir: Path, records: Sequence[TickRecord], labels: Dict[str, 
                 times = r.t_obs + dt * np.arange(chunk.shape[0])
                 played = times <= end + 1e-9
                 ls = "-" if key == "a" else "--"
-                ax.plot(times[played] - t0, chunk[played, j], color=colors[key], lw=1.0, ls=ls)
-                ax.plot(times[~played] - t0, chunk[~played, j], color=colors[key], lw=0.6,
+                ax.plot(times[played] - t0, chunk[played, j], color=COLORS[key], lw=1.0, ls=ls)
+                ax.plot(times[~played] - t0, chunk[~played, j], color=COLORS[key], lw=0.6,
                         alpha=0.2, ls=ls)
         ax.plot([r.t_obs - t0 for r in records], [r.state[j] for r in records], "k.", ms=3)
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=colors[k], ls="-" if k == "a" else "--", label=v)
+    handles = [plt.Line2D([], [], color=COLORS[k], ls="-" if k == "a" else "--", label=v)
                for k, v in labels.items()]
     handles.append(plt.Line2D([], [], color="k", marker=".", ls="", label="measured state"))
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
     fig.supxlabel("bag time [s]")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    paths.append(_save(fig, out_dir / "actions.png"))
+    return _save(fig, path)
+
+
+def _plot_latency(path: Path, records: Sequence[TickRecord], labels: Dict[str, str]) -> str:
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in labels.items():
         lat = [r.latency_ms[key] for r in records if key in r.latency_ms]
         if lat:
-            ax.hist(lat, bins=min(30, max(5, len(lat) // 2)), alpha=0.6, color=colors[key],
+            ax.hist(lat, bins=min(30, max(5, len(lat) // 2)), alpha=0.6, color=COLORS[key],
                     label=label)
-    ax.set_xlabel("inference latency [ms] (wall clock)")
+    ax.set_xlabel("inference latency [ms], wall clock")
     ax.set_ylabel("inferences")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "latency.png"))
+    return _save(fig, path)
 
-    if div and div.get("compared_ticks"):
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-        t = [p["t_obs"] - t0 for p in div["per_tick"]]
-        # log axes; exact agreement (0) is drawn at 1e-12 so it stays visible
-        ax1.plot(t, [max(p["max_abs_diff"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
-        ax1.axhline(max(div["threshold"], 1e-12), color="r", ls=":", label="threshold")
-        ax1.set_ylabel("max |A - B| per chunk")
-        ax1.set_yscale("log")
-        ax1.legend(fontsize=8)
-        ax2.plot(t, [max(1.0 - p["pcc"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
-        ax2.set_ylabel("1 - PCC per chunk")
-        ax2.set_yscale("log")
-        ax2.set_xlabel("bag time [s]")
-        fig.suptitle(f"{labels['a']} vs {labels['b']}", fontsize=9)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / "divergence.png"))
-    return paths
+
+def _plot_divergence(path: Path, div: Dict[str, Any], labels: Dict[str, str], t0: float) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    t = [p["t_obs"] - t0 for p in div["per_tick"]]
+    # log axes; exact agreement (0) is drawn at 1e-12 so it stays visible
+    ax1.plot(t, [max(p["max_abs_diff"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
+    ax1.axhline(max(div["threshold"], 1e-12), color="r", ls=":", label="threshold")
+    ax1.set_ylabel("max |A - B| per chunk")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=8)
+    ax2.plot(t, [max(1.0 - p["pcc"], 1e-12) for p in div["per_tick"]], "o-", ms=3)
+    ax2.set_ylabel("1 - PCC per chunk")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("bag time [s]")
+    fig.suptitle(f"{labels['a']} vs {labels['b']}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> str:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import pytest
@@ -70,11 +70,12 @@ def node_run(request, tmp_path) -> Iterator[NodeRun]:
     run.close()
 
 
-def fault(tmp_path: Path, mode: str, **kw) -> Dict[str, str]:
-    flag = Path("/tmp") / f"pi0_fault_{os.getpid()}_{mode}"
+def fault(tmp_path: Path, mode: str, **kw) -> Tuple[Dict[str, str], Path]:
+    """Node arguments for a fault that lasts while the returned flag file exists."""
+    flag = tmp_path / f"fault_{mode}"
     flag.touch()
     spec = ",".join([f"mode={mode}", f"active_file={flag}"] + [f"{k}={v}" for k, v in kw.items()])
-    return {"policy.fault_injection": f"'{spec}'"}
+    return {"policy.fault_injection": f"'{spec}'"}, flag
 
 
 TTNN_NO_CARD = {"policy.backend": "ttnn", "policy.ttnn_emulate": "false"}
@@ -109,6 +110,7 @@ def _fault_cycle(run: NodeRun, flag: Path, failure_key: str) -> None:
     values = run.wait_diag(lambda v: int(v.get("consecutive_failures", 0)) >= 3)
     assert int(values["consecutive_failures"]) >= 3, values
     assert int(values.get(failure_key, 0)) >= 3, values
+    assert values["_level"] == "2" and "failed inferences" in values["_message"], values
     status = run.wait_diag(lambda v: "holding" in v.get("hold_reason", "") or
                            v.get("queue_depth") == "0")
     assert status.get("queue_depth") == "0", status
@@ -129,22 +131,18 @@ def _fault_cycle(run: NodeRun, flag: Path, failure_key: str) -> None:
                                        ("nan", "failures.inference"),
                                        ("wrong_shape", "failures.inference")])
 def test_backend_fault_mid_run_holds_reports_and_recovers_when_cleared(tmp_path, mode, key):
-    extra = fault(tmp_path, mode, first_call=4)  # warm-up and two good inferences first
-    flag = Path(extra["policy.fault_injection"].split("active_file=")[1].split(",")[0]
-                .strip("'"))
+    extra, flag = fault(tmp_path, mode, first_call=4)  # warm-up and two good inferences first
     run = NodeRun(tmp_path, extra)
     try:
         _fault_cycle(run, flag, key)
     finally:
         run.close()
-        flag.unlink(missing_ok=True)
 
 
 def test_inference_slower_than_the_chunk_runs_dry_holds_and_stays_active(tmp_path):
     # 50 actions at 20 Hz last 2.5 s; a 3.5 s inference lets the queue run dry
-    extra = fault(tmp_path, "slow", first_call=3, delay_s=3.5)
+    extra, flag = fault(tmp_path, "slow", first_call=3, delay_s=3.5)
     extra["schedule.execute_steps"] = "25"
-    flag = Path(extra["policy.fault_injection"].split("active_file=")[1].strip("'"))
     run = NodeRun(tmp_path, extra)
     try:
         a = run.attacker
@@ -158,4 +156,3 @@ def test_inference_slower_than_the_chunk_runs_dry_holds_and_stays_active(tmp_pat
         assert run.all_commands_finite()
     finally:
         run.close()
-        flag.unlink(missing_ok=True)

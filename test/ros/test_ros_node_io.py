@@ -110,6 +110,7 @@ def test_runtime_backend_switch_keeps_publishing():
         result = s.node.set_parameters([Parameter("policy.torch_dtype", value="bfloat16")])[0]
         assert result.successful
         assert wait_for(lambda: values(s).get("backend") == "torch/cpu/bfloat16", 60), values(s)
+        assert wait_for(lambda: values(s).get("device.dtype") == "torch.bfloat16", 5), values(s)
         count = len(s.driver.trajectories)
         chunks = int(values(s)["queue.chunk_accepted"])
         assert wait_for(lambda: int(values(s)["queue.chunk_accepted"]) >= chunks + 2, 60)

@@ -1,4 +1,4 @@
-"""bag_tools: bags written by the project are read back by rosbags field for field, in both storages."""
+"""bag_tools: bags the project writes are read back by rosbags field for field, in both storages."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def test_written_bag_round_trips_every_field_of_each_message_type(tmp_path, stor
     assert set(msgs) == {"/rgb", "/bgr", "/png", "/jpeg", "/js", "/text", "/traj"}
 
     ty, t, m = msgs["/rgb"]
-    assert (ty, t, m.header.stamp.sec, m.header.stamp.nanosec) == (bt.IMAGE, T0 + 7, 1_700_000_000, 5)
+    assert (ty, t, m.header.stamp.sec, m.header.stamp.nanosec) == (bt.IMAGE, T0 + 7,
+                                                                    1_700_000_000, 5)
     assert (m.header.frame_id, m.height, m.width, m.encoding, m.is_bigendian, m.step) == \
         ("cam_rgb", 6, 5, "rgb8", 0, 15)
     np.testing.assert_array_equal(m.data.reshape(6, 5, 3), rgb)
