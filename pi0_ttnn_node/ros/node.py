@@ -47,8 +47,12 @@ class Pi0PolicyNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         params.declare_parameters(self)
-        self.add_on_set_parameters_callback(params.make_validator(lambda: params.read_values(self)))
-        self.add_post_set_parameters_callback(self._on_parameters_set)
+        validate = params.make_validator(lambda: params.read_values(self))
+        if hasattr(self, "add_post_set_parameters_callback"):  # Iron and newer
+            self.add_on_set_parameters_callback(validate)
+            self.add_post_set_parameters_callback(self._on_parameters_set)
+        else:  # Humble: apply accepted changes once they are stored, from a one-shot timer
+            self.add_on_set_parameters_callback(self._humble_validate_then_apply(validate))
         self.cfg: Optional[params.NodeConfig] = None
         self.configure_error = ""  # one line: why the last configure failed
         self.loader: Optional[PolicyLoader] = None
@@ -339,6 +343,21 @@ class Pi0PolicyNode(Node):
         self.status.consecutive_failures = 0
         response.success, response.message = True, "queue cleared"
         return response
+
+    def _humble_validate_then_apply(self, validate: Any) -> Any:
+        def callback(changed: List[Parameter]) -> Any:
+            result = validate(changed)
+            if result.successful:
+                timer: List[Any] = []
+
+                def apply_once() -> None:
+                    timer[0].cancel()
+                    self.destroy_timer(timer[0])
+                    self._on_parameters_set(changed)
+
+                timer.append(self.create_timer(0.0, apply_once))
+            return result
+        return callback
 
     def _on_parameters_set(self, changed: List[Parameter]) -> None:
         names = {p.name for p in changed}

@@ -71,7 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--backend", choices=("torch", "ttnn"), default="torch")
     p.add_argument("--ttnn-emulate", action="store_true",
                    help="run the TTNN backend on the CPU emulation (no Tenstorrent card)")
-    p.add_argument("--steps", type=int, default=10, help="observations to replay")
+    p.add_argument("--steps", type=int, default=10,
+                   help="observations to replay (--offline) or seconds of recording (node demo)")
     p.add_argument("--offline", action="store_true", help="run the policy without ROS / DDS")
     p.add_argument("--seconds", type=float, default=20.0, help="node demo duration bound")
     args = p.parse_args(argv)
