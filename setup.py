@@ -29,6 +29,13 @@ setup(
             f"{PACKAGE} = {PACKAGE}.ros.node:main",
             f"pi0-demo = {PACKAGE}.tools.demo:main",
             f"pi0-bench = {PACKAGE}.tools.bench:main",
+            f"pi0-bench-ttnn = {PACKAGE}.tools.bench_ttnn:main",
+            f"pi0-bench-node = {PACKAGE}.tools.bench_node:main",
+            f"pi0-replay = {PACKAGE}.tools.replay:main",
+            f"pi0-bag-play = {PACKAGE}.tools.bag_play:main",
+            f"pi0-bag-record = {PACKAGE}.tools.bag_record:main",
+            f"pi0-soak = {PACKAGE}.tools.soak:main",
+            f"pi0-hostile-inputs = {PACKAGE}.tools.hostile_inputs:main",
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""Checks before reading any small file a parameter or a checkpoint names: exists, regular, bounded.
+"""Checks before reading a small file a parameter or checkpoint names: exists, regular, bounded.
 
 A path from a parameter can point at a FIFO, a device (/dev/zero), a directory or a multi-gigabyte
 file; reading such a thing blocks or exhausts memory. Metadata files (config.json, processor and

@@ -135,7 +135,9 @@ class InputHub:
         try:
             self.assembler.set_instruction(text)
         except ObservationRejected as err:
-            self.count_reject("instruction", err.reason)
+            # the assembler already counted it; counting here too would report it twice
+            self.stats["instruction"].last_reject = err.reason
+            LOG.warning("instruction refused: %s", err)
 
     def set_default_instruction(self, text: str) -> None:
         """Apply a new instruction.default; it takes effect now if no instruction was received."""

@@ -10,6 +10,7 @@ ros/diagnostics.py, action_queue.py, safety.py.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -31,7 +32,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from pi0_ttnn_node.action_queue import ActionScheduler
-from pi0_ttnn_node.errors import ObservationRejected, Pi0Error
+from pi0_ttnn_node.errors import BackendUnavailableError, ObservationRejected, Pi0Error
 from pi0_ttnn_node.ros import conversions, diagnostics, params, qos
 from pi0_ttnn_node.ros.inference_worker import Divergence, InferenceResult, InferenceWorker
 from pi0_ttnn_node.ros.inputs import InputHub
@@ -79,7 +80,7 @@ class Pi0PolicyNode(Node):
             self.get_logger().info(self.loader.describe_source())
             self._make_core()
             self.worker.start()
-            warmup_s = self.worker.load(self.cfg.backend).result()
+            warmup_s = self._load_primary()
         except Pi0Error as err:
             self.configure_error = str(err).splitlines()[0] if str(err) else repr(err)
             self.get_logger().error(f"configure failed: {self.configure_error}")
@@ -87,14 +88,28 @@ class Pi0PolicyNode(Node):
             return TransitionCallbackReturn.FAILURE
         self.configure_error = ""
         self.scheduler.latency.seed(warmup_s)
-        self.status.backend_active = self.cfg.backend.label()
+        self.status.backend_active = self.worker.spec.label()
         if self.cfg.shadow is not None:
             self.worker.request_shadow(self.cfg.shadow)
         self._make_ros_entities()
         self.get_logger().info(
-            f"configured: {self.loader.config.model_type} on {self.cfg.backend.label()}, warm-up "
+            f"configured: {self.loader.config.model_type} on {self.worker.spec.label()}, warm-up "
             f"{[round(s * 1e3) for s in warmup_s]} ms, dry_run={self.cfg['safety.dry_run']}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_primary(self) -> List[float]:
+        """Load policy.backend; on a missing device, policy.fallback_backend when it is set."""
+        try:
+            return self.worker.load(self.cfg.backend).result()
+        except BackendUnavailableError as err:
+            fallback = self.cfg["policy.fallback_backend"]
+            if not fallback or fallback == self.cfg.backend.backend:
+                raise
+            spec = params.backend_spec(self.cfg.values, fallback)
+            self.get_logger().error(f"{self.cfg.backend.label()} is unavailable ({err}); falling "
+                                    f"back to {spec.label()} (policy.fallback_backend)")
+            self.status.backend_error = f"{self.cfg.backend.label()}: {err}"[:200]
+            return self.worker.load(spec).result()
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Start the control timer and the lifecycle publishers. SUCCESS -> active."""
@@ -387,8 +402,22 @@ class Pi0PolicyNode(Node):
         self.diag_pub.publish(msg)
 
 
+USAGE = """usage: pi0_ttnn_node [--ros-args --params-file FILE -p name:=value ...]
+
+Lifecycle node serving PI0 / PI0.5 (see config/pi0_ttnn_node.yaml for every parameter).
+With autostart (default true) it configures and activates itself. Typical:
+  ros2 launch pi0_ttnn_node pi0_ttnn_node.launch.py params_file:=my_robot.yaml
+  ros2 run pi0_ttnn_node pi0_ttnn_node --ros-args --params-file my_robot.yaml
+"""
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Console script `pi0_ttnn_node`: spin the node on a multi-threaded executor."""
+    argv = sys.argv[1:] if args is None else list(args)
+    own = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if "-h" in own or "--help" in own:  # answer without touching DDS
+        print(USAGE, end="")
+        return
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     rclpy.init(args=args)
     node = Pi0PolicyNode()

@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 
 from pi0_ttnn_node.backends import BACKENDS, BackendOptions
 from pi0_ttnn_node.errors import ConfigError
+from pi0_ttnn_node.fault_injection import FaultPlan
 
 T = Parameter.Type
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -69,6 +70,12 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     _p("policy.shadow_backend", T.STRING, "", "Second backend run on the same observations and "
        "noise; divergence is reported on /diagnostics, never published. Empty = off.",
        runtime=True, choices=("",) + BACKENDS),
+    _p("policy.fallback_backend", T.STRING, "", "Backend configure falls back to when "
+       "policy.backend cannot open its device (e.g. no Tenstorrent card). Empty = fail "
+       "configure instead.", choices=("",) + BACKENDS),
+    _p("policy.fault_injection", T.STRING, "", "TEST ONLY: inject backend faults into "
+       "policy.backend, e.g. 'mode=device_lost,first_call=3,active_file=/tmp/f' (see "
+       "fault_injection.py). Keep empty on a robot.", runtime=True),
     _p("policy.model_type", T.STRING, "auto", "Expected model type; auto takes it from the "
        "checkpoint (and picks pi0 for the embedded demo).", choices=("auto", "pi0", "pi05")),
     _p("policy.checkpoint_dir", T.STRING, "", "lerobot-layout checkpoint directory. Empty = the "
@@ -168,7 +175,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
 )
 SPECS: Dict[str, ParamSpec] = {s.name: s for s in PARAMETERS}
 BACKEND_PARAMS = ("policy.backend", "policy.torch_device", "policy.torch_dtype",
-                  "policy.ttnn_device_id", "policy.ttnn_emulate", "policy.ttnn_use_trace")
+                  "policy.ttnn_device_id", "policy.ttnn_emulate", "policy.ttnn_use_trace",
+                  "policy.fault_injection")
 
 
 def backend_available(name: str) -> Optional[str]:
@@ -193,8 +201,14 @@ def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
         return f"{spec.name} must lie in [{spec.low}, {spec.high}], got {value!r}"
     if spec.choices and value not in spec.choices:
         return f"{spec.name} must be one of {list(spec.choices)}, got {value!r}"
-    if spec.name in ("policy.backend", "policy.shadow_backend") and value:
+    if spec.name in ("policy.backend", "policy.shadow_backend", "policy.fallback_backend") \
+            and value:
         return backend_available(value)
+    if spec.name == "policy.fault_injection" and value:
+        try:
+            FaultPlan.parse(value)
+        except ConfigError as err:
+            return str(err)
     return None
 
 
@@ -214,17 +228,21 @@ class BackendSpec:
     ttnn_device_id: int = 0
     ttnn_emulate: bool = False
     ttnn_use_trace: bool = False
+    fault_injection: str = ""  # tests only (policy.fault_injection)
 
     def options(self) -> BackendOptions:
+        extra = {"fault_injection": self.fault_injection} if self.fault_injection else {}
         return BackendOptions(torch_device=self.torch_device, torch_dtype=self.torch_dtype,
                               torch_threads=self.torch_threads,
                               ttnn_device_id=self.ttnn_device_id,
-                              ttnn_emulate=self.ttnn_emulate, ttnn_use_trace=self.ttnn_use_trace)
+                              ttnn_emulate=self.ttnn_emulate, ttnn_use_trace=self.ttnn_use_trace,
+                              extra=extra)
 
     def label(self) -> str:
+        fault = " (FAULT INJECTION)" if self.fault_injection else ""
         if self.backend == "torch":
-            return f"torch/{self.torch_device}/{self.torch_dtype}"
-        return f"ttnn/{self.ttnn_device_id}" + ("/emulated" if self.ttnn_emulate else "")
+            return f"torch/{self.torch_device}/{self.torch_dtype}{fault}"
+        return f"ttnn/{self.ttnn_device_id}" + ("/emulated" if self.ttnn_emulate else "") + fault
 
 
 @dataclass(frozen=True)
@@ -261,7 +279,9 @@ class NodeConfig:
 
 
 def backend_spec(values: Mapping[str, Any], backend: Optional[str] = None) -> BackendSpec:
+    """The primary backend's spec, or (named `backend`) a shadow/fallback one without faults."""
     return BackendSpec(backend=backend or values["policy.backend"],
+                       fault_injection="" if backend else values["policy.fault_injection"],
                        torch_device=values["policy.torch_device"],
                        torch_dtype=values["policy.torch_dtype"],
                        torch_threads=values["policy.torch_threads"],

@@ -1,4 +1,4 @@
-"""The catalogue of hostile inputs for tools/hostile_inputs.py: what to send and which reason to expect.
+"""Hostile inputs for tools/hostile_inputs.py: what to send and which reject reason to expect.
 
 Each case replaces one input channel (primary raw camera, compressed wrist camera, joint states)
 for a short window, or sends one instruction or one parameter set. `expected` is the reject
@@ -173,6 +173,8 @@ PARAM_CASES = [
          lambda: Parameter("limits.max_start_jump", P.DOUBLE, float("inf"))),
     Case("param: max_image_age_s negative", "param", "refused",
          lambda: Parameter("sync.max_image_age_s", P.DOUBLE, -1.0)),
+    Case("param: malformed policy.fault_injection", "param", "refused",
+         lambda: Parameter("policy.fault_injection", P.STRING, "mode=explode")),
     Case("param: undeclared name", "param", "refused",
          lambda: Parameter("policy.turbo", P.BOOL, True)),
 ]

@@ -49,7 +49,7 @@ class SoakConfig:
     camera_outage_p: float = 0.001  # per tick: the primary camera stops for 10-60 ticks
     joint_gap_p: float = 0.002  # per tick: joint states stop for 5-30 ticks
     instruction_p: float = 0.001  # per tick: a new instruction
-    warmup_ticks: int = 1000  # RSS and thread baseline is taken here
+    warmup_ticks: int = 1000  # RSS/thread baseline; later if the toggles have not loaded all yet
     torch_threads: int = 1
     json_path: str = ""
 
@@ -67,8 +67,10 @@ class SoakReport:
     backend_switches: List[str] = field(default_factory=list)
     instruction_changes: int = 0
     unsafe_commands: int = 0
+    warmup_ticks: int = 0
     rss_mb_start: float = 0.0
     rss_mb_end: float = 0.0
+    rss_mb_max: float = 0.0
     rss_growth_pct: float = 0.0
     threads_min: int = 0
     threads_max: int = 0
@@ -164,12 +166,17 @@ class Soak:
         specs = cfg.backends.split(",")
         self.worker.start()
         self.worker.load(specs[0]).result()
+        # warm-up ends once every backend has been loaded once (first loads allocate for good)
+        warm = cfg.warmup_ticks
+        if cfg.toggle_every * len(specs) + 100 < cfg.ticks:
+            warm = max(warm, cfg.toggle_every * len(specs) + 100)
+        rep.warmup_ticks = warm
         camera_off = joints_off = 0
         pending = None  # (due time, result)
         t_start = time.perf_counter()
         for k in range(cfg.ticks):
             self.now += self.dt
-            if k == cfg.warmup_ticks:
+            if k == warm:
                 rep.rss_mb_start = proc_status("VmRSS") / 1024
             if k and k % cfg.toggle_every == 0:
                 self.worker.request_switch(specs[(k // cfg.toggle_every) % len(specs)])
@@ -187,7 +194,8 @@ class Soak:
             self._control_tick()
             if pending is None and self.scheduler.should_request_inference(self.now):
                 pending = self._infer()
-            if k >= cfg.warmup_ticks and k % 250 == 0:
+            if k >= warm and k % 250 == 0:
+                rep.rss_mb_max = max(rep.rss_mb_max, proc_status("VmRSS") / 1024)
                 threads = proc_status("Threads")
                 rep.threads_min = min(rep.threads_min or threads, threads)
                 rep.threads_max = max(rep.threads_max, threads)
@@ -264,8 +272,9 @@ def print_report(rep: SoakReport) -> None:
             ("chunk refusals", rep.chunk_refusals), ("inference failures", rep.inference_failures),
             ("backend switches", rep.backend_switches),
             ("instruction changes", rep.instruction_changes),
-            ("RSS MB after warm-up / end", f"{rep.rss_mb_start:.1f} / {rep.rss_mb_end:.1f} "
-                                           f"({rep.rss_growth_pct:+.2f} %)"),
+            (f"RSS MB at tick {rep.warmup_ticks} / end",
+             f"{rep.rss_mb_start:.1f} / {rep.rss_mb_end:.1f} ({rep.rss_growth_pct:+.2f} %), "
+             f"max {rep.rss_mb_max:.1f}"),
             ("threads min / max", f"{rep.threads_min} / {rep.threads_max}"),
             ("unsafe commands published", rep.unsafe_commands), ("wall s", f"{rep.wall_s:.1f}")]
     for name, value in rows:
@@ -273,7 +282,7 @@ def print_report(rep: SoakReport) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Console script `pi0_soak`: run the soak, print the report, exit 1 on an unsafe command."""
+    """Console script `pi0-soak`: run the soak, print the report, exit 1 on an unsafe command."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in SoakConfig.__dataclass_fields__.values():
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),

@@ -1,7 +1,7 @@
 """Faults at the policy level, no ROS: bad checkpoints, failing or lying backends, deadline misses.
 
-File-level refusals (pickles, truncated headers) are covered by test/core/test_checkpoint_loading.py;
-here each fault goes through Pi0Policy.load / sample or the real InferenceWorker and scheduler,
+File-level refusals (pickles, truncated headers) are tested in test/core/test_checkpoint_loading.py.
+Here each fault goes through Pi0Policy.load / sample or the real InferenceWorker and scheduler,
 checking the Pi0Error subclass, its message, and that nothing reaches the action queue.
 """
 

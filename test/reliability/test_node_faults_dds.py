@@ -156,3 +156,28 @@ def test_inference_slower_than_the_chunk_runs_dry_holds_and_stays_active(tmp_pat
         assert run.all_commands_finite()
     finally:
         run.close()
+
+
+def test_clearing_policy_fault_injection_by_parameter_rebuilds_a_healthy_backend(tmp_path):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    run = NodeRun(tmp_path, {"policy.fault_injection": "'mode=device_lost,first_call=3'"})
+    try:
+        a = run.attacker
+        assert a.wait_active(60)
+        a.start_good_stream()
+        values = run.wait_diag(lambda v: int(v.get("consecutive_failures", 0)) >= 3)
+        assert "FAULT INJECTION" in values["backend"], values
+        request = SetParameters.Request(parameters=[
+            Parameter("policy.fault_injection", Parameter.Type.STRING, "").to_parameter_msg()])
+        reply = a.set_params.call(request, timeout_sec=10.0)
+        assert reply is not None and reply.results[0].successful
+        cleared = time.time()
+        assert a.wait_output_after(cleared, 30)
+        values = run.wait_diag(lambda v: "FAULT" not in v.get("backend", "FAULT") and
+                               v.get("consecutive_failures") == "0")
+        assert values["backend"] == "torch/cpu/float32", values
+        assert values["consecutive_failures"] == "0", values
+    finally:
+        run.close()

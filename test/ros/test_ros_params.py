@@ -31,7 +31,8 @@ def test_every_parameter_has_a_description_and_only_runtime_ones_are_writable():
     runtime = {s.name for s in params.PARAMETERS if s.runtime}
     assert runtime == {"policy.backend", "policy.shadow_backend", "policy.torch_device",
                        "policy.torch_dtype", "policy.ttnn_device_id", "policy.ttnn_emulate",
-                       "policy.ttnn_use_trace", "instruction.default", "safety.dry_run"}
+                       "policy.ttnn_use_trace", "policy.fault_injection",
+                       "instruction.default", "safety.dry_run"}
     for spec in params.PARAMETERS:
         desc = spec.descriptor()
         assert len(spec.description) > 15, spec.name
