@@ -100,6 +100,7 @@ class ObservationAssembler:
         self._frames: Dict[str, _Frame] = {}
         self._zero_stamp_warned: set = set()
         self._last_now: Optional[float] = None
+        self._last_built: Optional[tuple] = None  # (camera, stamp) pairs of the last observation
         self._instruction = config.default_instruction.strip()
         self.instruction_version = 0
         self.counters: Dict[str, int] = {}
@@ -157,6 +158,7 @@ class ObservationAssembler:
             self._instruction = effective
             if changed:
                 self.instruction_version += 1
+                self._last_built = None  # same frames, new task: worth a new inference
         if not cleaned:
             logger.warning("empty instruction received; using default '%s'", effective)
         if changed and self._on_change is not None:
@@ -172,13 +174,16 @@ class ObservationAssembler:
         with self._lock:
             self._frames.clear()
             self._last_now = None
+            self._last_built = None
         self.joints.reset()
 
     # ---- build -------------------------------------------------------------------------------
     def build(self, now: float) -> Observation:
         """Return the observation at the primary camera's stamp, or raise ObservationRejected.
 
-        Reasons: clock_jump_back, no_instruction, camera_missing, stale_image, future_stamp,
+        Reasons: clock_jump_back, no_instruction, camera_missing, no_new_frame (every frame it
+        would use was already used and the instruction is unchanged: the state is looked up at the
+        same t_obs, so a new inference would only redraw noise), stale_image, future_stamp,
         camera_skew, the joint reasons (missing_joints, stale_state, nonfinite_state) and the
         image reasons from decoding. An optional camera failing a check is masked (None) instead.
         """
@@ -193,6 +198,7 @@ class ObservationAssembler:
             last, self._last_now = self._last_now, now
             frames = dict(self._frames)
             instruction = self._instruction
+            last_built = self._last_built
         if last is not None and now < last:
             self.reset()
             raise ObservationRejected("clock_jump_back", f"clock went back from {last} to {now}")
@@ -218,11 +224,17 @@ class ObservationAssembler:
                 if self.required[name]:
                     raise
                 masked[name] = err.reason
+        key = tuple(sorted((name, frame.stamp) for name, frame in used.items()))
+        if key == last_built:
+            raise ObservationRejected("no_new_frame", f"frames at {t_obs:.3f} were already used; "
+                                      "waiting for a newer one")
         state = self.joints.lookup(t_obs, self.config.max_state_age_s)
         images: Dict[str, Optional[np.ndarray]] = {name: None for name in self.camera_names}
         for name, frame in used.items():
             images[name] = self._decode(name, frame)
         self.masked = masked
+        with self._lock:
+            self._last_built = key
         for reason in masked.values():
             self._count("masked_" + reason)
         return Observation(images=images, state=state, instruction=instruction, timestamp=t_obs)

@@ -78,10 +78,9 @@ class Listener:
 def run_node_demo(model_type: str, backend: str, emulate: bool, seconds_of_bag: int,
                   max_wall_s: float) -> int:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from pi0_ttnn_node.ros.node import Pi0PolicyNode, autostart
+    from pi0_ttnn_node.ros.node import Pi0PolicyNode, autostart, make_executor
     from pi0_ttnn_node.tools.bag_play import BagPlayer, PlayConfig
 
     ckpt = ensure_embedded_checkpoint(model_type)
@@ -107,7 +106,7 @@ def run_node_demo(model_type: str, backend: str, emulate: bool, seconds_of_bag: 
     aux = rclpy.create_node("pi0_demo_player",
                             parameter_overrides=[Parameter("use_sim_time", value=True)])
     listener = Listener(aux)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = make_executor()
     executor.add_node(node)
     executor.add_node(aux)
     spinning = threading.Event()

@@ -58,8 +58,22 @@ def test_frames_are_decoded_lazily_and_only_once():
     asm.add_image("base", T + 0.01, decode)
     assert calls == []
     asm.build(T + 0.02)
+    asm.set_instruction("now place it on the shelf")  # same frame, new task: built again
     asm.build(T + 0.03)
     assert calls == [1]
+
+
+def test_a_primary_frame_already_used_is_not_built_twice_until_the_task_changes():
+    asm = _assembler()
+    _ready(asm)
+    asm.add_image("base", T + 0.01, _img(1))
+    assert asm.build(T + 0.02).timestamp == pytest.approx(T + 0.01)
+    assert _rejected(asm, T + 0.03).reason == "no_new_frame"
+    asm.add_image("base", T + 0.04, _img(2))
+    assert asm.build(T + 0.05).timestamp == pytest.approx(T + 0.04)
+    asm.set_instruction("stack the cups")
+    assert asm.build(T + 0.06).timestamp == pytest.approx(T + 0.04)
+    assert asm.counters["no_new_frame"] == 1
 
 
 def test_stale_primary_image_is_rejected_by_stamp_not_receipt_time():

@@ -1,13 +1,10 @@
 """Live replay over DDS: pi0-bag-play drives the real node under use_sim_time, pi0-bag-record keeps
 what it publishes. Node, player and recorder run as subprocesses on loopback, on a DDS domain this
-module holds with an flock (same scheme as test/ros/conftest.py), so parallel runs never meet.
+module holds (test/dds_domain.py), so parallel runs never meet.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from dds_domain import claim_domain, loopback_env
 
 from pi0_ttnn_node import bag_tools as bt
 
@@ -41,22 +40,9 @@ NODE_OVERRIDES = f"""pi0_ttnn_node:
 
 @pytest.fixture(scope="module")
 def ros_env():
-    ids = list(range(101, 201))
-    random.SystemRandom().shuffle(ids)
-    for domain in ids:
-        handle = open(f"/tmp/pi0_ttnn_node_ros_domain_{domain}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                   ROS_DOMAIN_ID=str(domain), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        env.pop("ROS_STATIC_PEERS", None)
-        yield env
-        handle.close()
-        return
-    pytest.fail("all ROS domain ids 101..200 are held by other test runs")
+    env = loopback_env(claim_domain(61, 100))  # subprocesses get a domain of their own
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    return env
 
 
 def _start(env, args, log):
