@@ -122,7 +122,8 @@ def fixture_inputs(directory: Path, device: torch.device, dtype: torch.dtype):
               for i in range(io["images_uint8"].shape[0])]
     masks = [io["image_masks"][i].to(device) for i in range(io["image_masks"].shape[0])]
     return {"images": images, "img_masks": masks, "lang_tokens": io["lang_tokens"].to(device),
-            "lang_masks": io["lang_masks"].to(device), "state": io["state"].to(device, dtype),
+            "lang_masks": io["lang_masks"].to(device),
+            "state": io["state"].to(device, dtype) if "state" in io else None,
             "noise": io["noise"].to(device)}
 
 
