@@ -236,12 +236,13 @@ class ActionScheduler:
             self._in_flight_since = now
             return request_id
 
-    def on_inference_failed(self, request_id: int) -> None:
-        """Clear the in-flight mark after a failed inference (the queue keeps playing)."""
+    def on_inference_failed(self, request_id: int, outcome: str = "inference_failed") -> None:
+        """Clear the in-flight mark after an inference that produced no chunk (the queue keeps
+        playing); `outcome` names the counter, e.g. `inference_skipped` when nothing was new."""
         with self._lock:
             if self._in_flight == request_id:
                 self._in_flight = None
-            self.counters["inference_failed"] = self.counters.get("inference_failed", 0) + 1
+            self.counters[outcome] = self.counters.get(outcome, 0) + 1
 
     # ---- new chunk ---------------------------------------------------------------------------
     def on_chunk(self, chunk: np.ndarray, t_obs: float, now: float, request_id: int,

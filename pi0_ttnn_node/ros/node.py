@@ -322,10 +322,12 @@ class Pi0PolicyNode(Node):
             self.get_logger().warn(f"chunk refused: {report.reason}", throttle_duration_sec=2.0)
 
     def _on_reject(self, request_id: int, err: ObservationRejected) -> None:
+        if err.reason == "no_new_frame":  # expected when ticks outpace the camera: not a fault
+            self.scheduler.on_inference_failed(request_id, "inference_skipped")
+            return
         self.scheduler.on_inference_failed(request_id)
         self.status.last_reject = err.reason
-        if err.reason != "no_new_frame":  # expected when ticks outpace the camera
-            self.get_logger().warn(f"no observation: {err}", throttle_duration_sec=2.0)
+        self.get_logger().warn(f"no observation: {err}", throttle_duration_sec=2.0)
 
     def _on_failure(self, stage: str, request_id: int, err: BaseException) -> None:
         if stage != "shadow":

@@ -112,11 +112,16 @@ class Attacker:
         return [s for s in out if t0 <= s <= t1 or any(abs(s - b) < 1e-3 for b in stamps)]
 
     # ---- node state ----------------------------------------------------------------------------
-    def state(self) -> str:
+    def state(self, attempts: int = 3) -> str:
         if not self.get_state.wait_for_service(5.0):
             return "unreachable"
-        reply = self.get_state.call(GetState.Request(), timeout_sec=5.0)
-        return "no reply" if reply is None else reply.current_state.label
+        # A reply can be lost while the server has not yet matched this client's response
+        # reader (DDS discovery is asynchronous), so one unanswered call is retried.
+        for _ in range(attempts):
+            reply = self.get_state.call(GetState.Request(), timeout_sec=5.0)
+            if reply is not None:
+                return reply.current_state.label
+        return "no reply"
 
     def wait_active(self, timeout: float) -> bool:
         deadline = time.time() + timeout

@@ -79,6 +79,14 @@ def test_only_one_inference_is_in_flight():
     assert s.should_request_inference(T0) and s.counters["inference_failed"] == 1
 
 
+def test_a_skipped_inference_frees_the_slot_and_is_not_counted_as_a_failure():
+    s = _sched()
+    rid = s.mark_inference_started(T0)
+    s.on_inference_failed(rid, "inference_skipped")
+    assert s.should_request_inference(T0) and not s.in_flight
+    assert s.counters["inference_skipped"] == 1 and "inference_failed" not in s.counters
+
+
 def test_latency_is_measured_from_request_to_chunk():
     s = _sched()
     rid = s.mark_inference_started(T0)
