@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             f"{PACKAGE} = {PACKAGE}.ros.node:main",
+            f"pi0_ttnn_multi_node = {PACKAGE}.ros.multi_node:main",
             f"pi0-demo = {PACKAGE}.tools.demo:main",
             f"pi0-bench = {PACKAGE}.tools.bench:main",
             f"pi0-bench-ttnn = {PACKAGE}.tools.bench_ttnn:main",

@@ -2,7 +2,8 @@
 
 Arguments: params_file (default: the package's config/pi0_ttnn_node.yaml), use_sim_time (true for
 `ros2 bag play --clock`), backend (torch | ttnn), namespace, dry_run (true: publish only
-~/action_chunk until ~/enable); backend and dry_run left empty keep the params file's values.
+~/action_chunk until ~/enable), instruction (instruction.default); backend, dry_run and instruction
+left empty keep the params file's values.
 The node's own `autostart` parameter (default true) configures and activates it, so no lifecycle
 manager is needed; set it false to drive transitions yourself.
 """
@@ -29,6 +30,9 @@ def overrides(context) -> dict:
     dry_run = LaunchConfiguration("dry_run").perform(context)
     if dry_run:
         out["safety.dry_run"] = dry_run.lower() in TRUE
+    instruction = LaunchConfiguration("instruction").perform(context)
+    if instruction:  # becomes instruction.default: the node applies the same rules as the topic
+        out["instruction.default"] = instruction
     return out
 
 
@@ -58,5 +62,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="Namespace for the node and its relative topics"),
         DeclareLaunchArgument("dry_run", default_value="",
                               description="safety.dry_run: true | false; empty = params file"),
+        DeclareLaunchArgument("instruction", default_value="",
+                              description="instruction.default (same rules as ~/instruction: "
+                              "at most 2000 characters, control characters removed); empty = "
+                              "params file"),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=make_node)])

@@ -1,10 +1,11 @@
 """Test-only fault injection around a policy backend: errors, NaN/Inf, wrong shapes, slow calls.
 
-Selected by `BackendOptions.extra["fault_injection"]` (the node's `policy.fault_injection`
-parameter, a string such as "mode=device_lost,first_call=3,active_file=/tmp/fault"); never active
-otherwise. A fault with `active_file` applies only while that file exists, so a test clears it by
-deleting the file; a parameter change clears it too (the node rebuilds the backend without it).
-Counterpart: backends.py (create_backend wraps the real backend when a plan is given).
+Selected by the node's `policy.fault_injection` parameter (a string such as
+"mode=device_lost,first_call=3,active_file=/tmp/fault"); never active otherwise, and applied in one
+place only: the node's policy loader wraps the primary backend (`inject_faults`). A fault with
+`active_file` applies only while that file exists, so a test clears it by deleting the file; a
+parameter change clears it too (the node rebuilds the backend without it). Counterpart:
+ros/policy_loader.py (the one place that wraps a backend).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ LOG = logging.getLogger(__name__)
 
 FAULT_MODES = ("raise", "nan", "inf", "wrong_shape", "slow", "device_lost",
                "unavailable_at_init")
-OPTION_KEY = "fault_injection"
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,9 @@ class FaultPlan:
         return not self.active_file or os.path.exists(self.active_file)
 
 
-def plan_from_options(extra: Mapping[str, Any]) -> Optional[FaultPlan]:
-    """The plan asked for in BackendOptions.extra, or None (the normal case)."""
-    spec = extra.get(OPTION_KEY) if extra else None
-    if not spec:
-        return None
-    return spec if isinstance(spec, FaultPlan) else FaultPlan.parse(spec)
+def plan_from_text(text: str) -> Optional[FaultPlan]:
+    """The plan a `policy.fault_injection` value asks for, or None (empty: the normal case)."""
+    return FaultPlan.parse(text) if text else None
 
 
 class FaultInjectingBackend:
@@ -109,11 +106,13 @@ class FaultInjectingBackend:
     def describe(self) -> Dict[str, Any]:
         return dict(self.inner.describe(), fault_injection=self.plan.mode)
 
-    def sample_actions(self, inputs: Any, noise: torch.Tensor,
-                       num_steps: Optional[int] = None) -> np.ndarray:
+    def sample_actions(self, inputs: Any, noise: torch.Tensor, num_steps: Optional[int] = None,
+                       guidance: Any = None) -> np.ndarray:
         self.calls += 1
+        kwargs = {"num_steps": num_steps} if guidance is None else \
+            {"num_steps": num_steps, "guidance": guidance}
         if not self.is_faulty(self.calls):
-            return self.inner.sample_actions(inputs, noise, num_steps=num_steps)
+            return self.inner.sample_actions(inputs, noise, **kwargs)
         self.faults += 1
         mode = self.plan.mode
         if mode == "raise":
@@ -123,8 +122,8 @@ class FaultInjectingBackend:
                                           f"on call {self.calls}; reset the device")
         if mode == "slow":
             time.sleep(self.plan.delay_s)
-            return self.inner.sample_actions(inputs, noise, num_steps=num_steps)
-        chunk = np.array(self.inner.sample_actions(inputs, noise, num_steps=num_steps))
+            return self.inner.sample_actions(inputs, noise, **kwargs)
+        chunk = np.array(self.inner.sample_actions(inputs, noise, **kwargs))
         if mode == "wrong_shape":
             return chunk[:, :-1]
         chunk[0, chunk.shape[1] // 2, 0] = np.nan if mode == "nan" else np.inf
@@ -140,3 +139,17 @@ def wrap_backend(build: Callable[[], Any], plan: FaultPlan) -> FaultInjectingBac
         raise BackendUnavailableError("injected fault: the device is not available (no card "
                                       "found, or it is held by another process)")
     return FaultInjectingBackend(build(), plan)
+
+
+def inject_faults(policy: Any, text: str) -> Any:
+    """Wrap `policy.backend` as `text` (a `policy.fault_injection` value) asks; "" = unchanged.
+    On an `unavailable_at_init` fault the policy is closed and BackendUnavailableError raised."""
+    plan = plan_from_text(text)
+    if plan is None:
+        return policy
+    try:
+        policy.backend = wrap_backend(lambda: policy.backend, plan)
+    except BaseException:
+        policy.close()
+        raise
+    return policy

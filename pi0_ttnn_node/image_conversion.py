@@ -2,14 +2,16 @@
 
 Raw images are read with one np.frombuffer honouring `step` (no per-pixel Python); compressed ones
 go through cv2.imdecode after their header size is checked, so a huge image costs microseconds to
-refuse. Default limit: 4096*4096 pixels (8K, 7680x4320, is refused). ROS counterpart: the node's
-image callbacks; resize-with-pad lives in preprocessing.py.
+refuse. Default limit: 4096*4096 pixels (8K, 7680x4320, is refused). With the model's image size
+given, decoders resize with pad before the colour conversion, so the full-size frame is never
+converted or copied. ROS counterpart: the node's image callbacks; preprocessing.py scales to
+[-1, 1] (and resizes frames that arrive at another size).
 """
 from __future__ import annotations
 
 import logging
 import struct
-from typing import Callable, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -75,10 +77,48 @@ def check_raw_image(encoding: str, height: int, width: int, step: int, nbytes: i
     return channels
 
 
+def resized_size(h: int, w: int, height: int, width: int) -> Tuple[int, int]:
+    """Size after the aspect-preserving resize: lerobot 0.6.1 truncates with int(), not round."""
+    ratio = max(w / width, h / height)
+    return max(1, int(h / ratio)), max(1, int(w / ratio))
+
+
+def resize_with_pad_u8(image: np.ndarray, height: int, width: int,
+                       out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 [H, W] or [H, W, C] -> [height, width(, C)]: aspect kept (bilinear), 0-padded, centred.
+
+    Geometry of lerobot 0.6.1 `resize_with_pad_torch` (odd remainder bottom/right). The resize
+    writes straight into `out` (or a new zeroed array) when the target rows are contiguous (wide
+    images); works per channel, so it commutes with channel reordering and dropping.
+    """
+    h, w = image.shape[:2]
+    shape = (height, width) + image.shape[2:]
+    if out is None:
+        out = np.zeros(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out is {out.dtype} {out.shape}; expected uint8 {shape}")
+    rh, rw = resized_size(h, w, height, width)
+    top, left = (height - rh) // 2, (width - rw) // 2
+    if (rh, rw) == (h, w):
+        out[top:top + rh, left:left + rw] = image
+        return out
+    region = out[top:top + rh, left:left + rw]
+    if region.flags.c_contiguous:
+        cv2.resize(image, (rw, rh), dst=region, interpolation=cv2.INTER_LINEAR)
+    else:
+        region[...] = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 def raw_image_to_rgb(encoding: str, height: int, width: int, step: int, data: Buffer,
-                     is_bigendian: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                     is_bigendian: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     target_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """Convert a raw Image payload to a new C-contiguous [H, W, 3] uint8 RGB array.
 
+    With `target_size` (height, width) the frame is resized with pad to it first, from the
+    message bytes, and the colour conversion runs on the small image: bit-identical to converting
+    first and then preprocessing.resize_with_pad (both are per-channel), without the full-size
+    conversion and copy (640x480 bgr8: about 0.25 ms less per frame).
     `is_bigendian` is accepted for message parity; it does not matter for 8-bit encodings.
     The result never aliases `data`, so the message buffer can be released.
     """
@@ -86,11 +126,14 @@ def raw_image_to_rgb(encoding: str, height: int, width: int, step: int, data: Bu
     channels = check_raw_image(encoding, height, width, step, _nbytes(data), max_pixels)
     rows = np.frombuffer(data, dtype=np.uint8).reshape(height, step)
     pixels = rows[:, : width * channels].reshape(height, width, channels)  # [H, W, C], strided
-    code = RAW_ENCODINGS[encoding][1]
-    if code is None:
-        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if channels == 1:
         pixels = pixels[:, :, 0]  # cv2 reads padded rows through the array strides
+    if target_size is not None and tuple(target_size) != (height, width):
+        pixels = resize_with_pad_u8(pixels, target_size[0], target_size[1])
+    code = RAW_ENCODINGS[encoding][1]
+    if code is None:
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True) \
+            if pixels.base is not None or not pixels.flags.c_contiguous else pixels
     return cv2.cvtColor(pixels, code)
 
 
@@ -169,9 +212,12 @@ def check_compressed_image(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MAX
     return width, height
 
 
-def compressed_image_to_rgb(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MAX_PIXELS
-                            ) -> np.ndarray:
-    """Decode a JPEG/PNG CompressedImage payload to [H, W, 3] uint8 RGB (header checked first)."""
+def compressed_image_to_rgb(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MAX_PIXELS,
+                            target_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Decode a JPEG/PNG CompressedImage payload to [H, W, 3] uint8 RGB (header checked first).
+
+    `target_size` (height, width): resize with pad before the BGR->RGB swap (see
+    raw_image_to_rgb)."""
     width, height = check_compressed_image(fmt, data, max_pixels)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -179,19 +225,26 @@ def compressed_image_to_rgb(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MA
     if bgr.shape[:2] != (height, width):
         msg = f"decoded {bgr.shape[1]}x{bgr.shape[0]} but the header says {width}x{height}"
         raise ImageRejected("corrupt_data", msg)
+    if target_size is not None and tuple(target_size) != (height, width):
+        bgr = resize_with_pad_u8(bgr, target_size[0], target_size[1])
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def raw_image_decoder(encoding: str, height: int, width: int, step: int, data: Buffer,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[], np.ndarray]:
-    """Check a raw image now (cheap, in the callback) and return a closure converting it later."""
+                      max_pixels: int = DEFAULT_MAX_PIXELS,
+                      target_size: Optional[Tuple[int, int]] = None) -> Callable[[], np.ndarray]:
+    """Check a raw image now (cheap, in the callback) and return a closure converting it later
+    (resized with pad to `target_size` when given)."""
     check_raw_image(encoding, height, width, step, _nbytes(data), max_pixels)
-    return lambda: raw_image_to_rgb(encoding, height, width, step, data, max_pixels=max_pixels)
+    return lambda: raw_image_to_rgb(encoding, height, width, step, data, max_pixels=max_pixels,
+                                    target_size=target_size)
 
 
 def compressed_image_decoder(fmt: str, data: Buffer, max_pixels: int = DEFAULT_MAX_PIXELS,
+                             target_size: Optional[Tuple[int, int]] = None
                              ) -> Callable[[], np.ndarray]:
     """Check a compressed image header now and return a closure decoding it later."""
     check_compressed_image(fmt, data, max_pixels)
-    return lambda: compressed_image_to_rgb(fmt, data, max_pixels=max_pixels)
+    return lambda: compressed_image_to_rgb(fmt, data, max_pixels=max_pixels,
+                                           target_size=target_size)
 

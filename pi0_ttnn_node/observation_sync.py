@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -18,16 +17,13 @@ import numpy as np
 
 from pi0_ttnn_node.errors import ConfigError, ObservationRejected
 from pi0_ttnn_node.image_conversion import ImageRejected
+from pi0_ttnn_node.instruction_rules import MAX_INSTRUCTION_CHARS, clean_instruction
 from pi0_ttnn_node.joint_mapping import JointStateCache
 from pi0_ttnn_node.preprocessing import Observation
 
 logger = logging.getLogger(__name__)
 
 FrameSource = Union[np.ndarray, Callable[[], np.ndarray]]
-# C0/C1 controls, zero-width and bidi formatting characters, lone surrogates (undecodable bytes)
-_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff"
-                            "\ud800-\udfff]")
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class SyncConfig:
     max_state_age_s: float = 0.1
     max_camera_skew_s: float = 0.05
     future_tolerance_s: float = 0.05  # stamps ahead of the node clock by more than this: refused
-    max_instruction_chars: int = 2000  # checked on the raw text before any processing
+    max_instruction_chars: int = MAX_INSTRUCTION_CHARS  # instruction_rules.py
     default_instruction: str = ""
 
     def __post_init__(self) -> None:
@@ -50,19 +46,12 @@ class SyncConfig:
         if self.max_instruction_chars <= 0:
             msg = f"max_instruction_chars must be > 0; got {self.max_instruction_chars}"
             raise ConfigError(msg)
-
-
-def clean_instruction(text: str, max_chars: int) -> str:
-    """Return the instruction with control characters turned into spaces, whitespace collapsed.
-
-    Control characters are removed rather than refused: pasted newlines and tabs are harmless,
-    but they must not reach the prompt, whose format ends with the tokenizer's own newline.
-    Raises ObservationRejected("instruction_too_long") before touching an oversized text.
-    """
-    if len(text) > max_chars:
-        msg = f"instruction has {len(text)} characters; the limit is {max_chars}"
-        raise ObservationRejected("instruction_too_long", msg)
-    return _WHITESPACE.sub(" ", _CONTROL_CHARS.sub(" ", text)).strip()
+        # the default obeys the same rules as ~/instruction (instruction_rules.py)
+        try:
+            cleaned = clean_instruction(self.default_instruction, self.max_instruction_chars)
+        except ObservationRejected as err:
+            raise ConfigError(f"instruction.default refused: {err}") from err
+        object.__setattr__(self, "default_instruction", cleaned)
 
 
 class _Frame:
@@ -99,9 +88,10 @@ class ObservationAssembler:
         self._lock = threading.Lock()
         self._frames: Dict[str, _Frame] = {}
         self._zero_stamp_warned: set = set()
+        self.zero_stamps = 0  # frames whose stamp 0 was replaced by the receipt time
         self._last_now: Optional[float] = None
         self._last_built: Optional[tuple] = None  # (camera, stamp) pairs of the last observation
-        self._instruction = config.default_instruction.strip()
+        self._instruction = config.default_instruction
         self.instruction_version = 0
         self.counters: Dict[str, int] = {}
         self.masked: Dict[str, str] = {}  # optional cameras masked in the last build, and why
@@ -112,13 +102,20 @@ class ObservationAssembler:
         """Store the newest frame of `camera`; return False when it is older than the stored one.
 
         `frame` is an RGB array or a zero-argument decoder (image_conversion.*_decoder). A zero
-        stamp falls back to `receipt_time` with a one-time warning per camera; the frame then
-        carries transport delay in its age, which is why real stamps are preferred. A stamp more
+        stamp falls back to `receipt_time` with a one-time warning per camera (counted in
+        `zero_stamps`); the frame then carries transport delay in its age, which is why real
+        stamps are preferred. A negative or non-finite stamp raises ObservationRejected
+        (invalid_stamp), counted by the caller like every other callback-level refusal. A stamp more
         than future_tolerance_s ahead of `receipt_time` raises ObservationRejected(future_stamp).
         """
         if camera not in self.required:
             raise ConfigError(f"unknown camera '{camera}'; configured: {list(self.camera_names)}")
-        if not math.isfinite(stamp) or (stamp <= 0.0 and receipt_time is None):
+        if not math.isfinite(stamp) or stamp < 0.0:
+            # no clock produces one: a broken driver, which "use the receipt time" would hide
+            msg = (f"camera '{camera}' stamp is {stamp}; header stamps must be >= 0 "
+                   "(0 = use the receipt time)")
+            raise ObservationRejected("invalid_stamp", msg)
+        if stamp == 0.0 and receipt_time is None:
             msg = f"camera '{camera}' stamp is {stamp} and no receipt time was given"
             self._count("zero_stamp")
             raise ObservationRejected("zero_stamp", msg)
@@ -127,7 +124,8 @@ class ObservationAssembler:
             msg = (f"camera '{camera}' stamp {stamp:.3f} is {stamp - receipt_time:.3f} s ahead "
                    f"of the clock; limit {self.config.future_tolerance_s} s")
             raise ObservationRejected("future_stamp", msg)
-        if stamp <= 0.0:
+        if stamp == 0.0:
+            self.zero_stamps += 1
             if camera not in self._zero_stamp_warned:
                 logger.warning("camera '%s' sends header.stamp 0; using receipt time", camera)
                 self._zero_stamp_warned.add(camera)
@@ -152,7 +150,7 @@ class ObservationAssembler:
         except ObservationRejected as err:
             self._count(err.reason)
             raise
-        effective = cleaned or self.config.default_instruction.strip()
+        effective = cleaned or self.config.default_instruction
         with self._lock:
             changed = effective != self._instruction
             self._instruction = effective

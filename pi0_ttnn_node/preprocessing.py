@@ -12,19 +12,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 
 from pi0_ttnn_node.config import PI0Config
 from pi0_ttnn_node.errors import ConfigError, InferenceError, ObservationError
+from pi0_ttnn_node.image_conversion import resize_with_pad_u8, resized_size  # noqa: F401
 from pi0_ttnn_node.tokenizer import PromptTokenizer
-
-def resized_size(h: int, w: int, height: int, width: int) -> tuple:
-    """Size after the aspect-preserving resize: lerobot 0.6.1 truncates with int(), not round."""
-    ratio = max(w / width, h / height)
-    return max(1, int(h / ratio)), max(1, int(w / ratio))
-
 
 def _check_image(image: Any, name: str = "image") -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
@@ -45,15 +39,9 @@ def resize_with_pad(image: np.ndarray, height: int = 224, width: int = 224) -> n
     so pixels differ by at most about one step (2/255 after scaling); see test_preprocessing.py.
     """
     image = _check_image(image)
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
+    if image.shape[:2] == (height, width):
         return image
-    rh, rw = resized_size(h, w, height, width)
-    resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    out = np.zeros((height, width, 3), dtype=np.uint8)
-    top, left = (height - rh) // 2, (width - rw) // 2
-    out[top:top + rh, left:left + rw] = resized
-    return out
+    return resize_with_pad_u8(image, height, width)
 
 
 def to_model_image(image: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -136,7 +124,8 @@ class Preprocessor:
         if len(observations) == 0:
             raise ObservationError("got an empty batch; expected at least one observation")
         cfg, batch, n_slots = self.config, len(observations), len(self.config.features.image_keys)
-        images = np.full((n_slots, batch, 3, self.size, self.size), -1.0, dtype=np.float32)
+        # every slot is written below (image or -1): no full-buffer fill first
+        images = np.empty((n_slots, batch, 3, self.size, self.size), dtype=np.float32)
         masks = np.zeros((n_slots, batch), dtype=bool)
         states = np.zeros((batch, cfg.features.state_dim), dtype=np.float32)
         for b, obs in enumerate(observations):
@@ -151,6 +140,8 @@ class Preprocessor:
                                               self.size, self.size)
                     to_model_image(resized, out=images[slot, b])
                     masks[slot, b] = True
+            for slot in np.flatnonzero(~masks[:, b]):
+                images[slot, b] = -1.0  # absent camera: all -1 with mask False
             if not masks[:, b].any():
                 raise ObservationError(
                     f"observation {b} has no camera image; at least one of "

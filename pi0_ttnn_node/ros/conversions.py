@@ -19,6 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from pi0_ttnn_node import image_conversion
+from pi0_ttnn_node.errors import ObservationRejected
 
 try:  # the robot has cv_bridge; here the numpy path is the tested one
     from cv_bridge import CvBridge
@@ -34,6 +35,17 @@ def stamp_to_sec(stamp: Any) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+def checked_stamp(stamp: Any) -> float:
+    """An input header stamp as float seconds; ObservationRejected(invalid_stamp) when it is not
+    a valid time: negative seconds or nanosec >= 1e9 (no clock produces either; "use the receipt
+    time" is only for the documented 0 stamp, see observation_sync / joint_mapping)."""
+    if stamp.sec < 0 or not 0 <= stamp.nanosec < 1_000_000_000:
+        raise ObservationRejected("invalid_stamp", f"header stamp sec={stamp.sec} nanosec="
+                                  f"{stamp.nanosec} is not a valid time (need sec >= 0, "
+                                  "0 <= nanosec < 1e9); fix the publisher's clock")
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def sec_to_stamp(t: float) -> Time:
     """Float seconds (>= 0) -> builtin_interfaces/Time, nanoseconds rounded."""
     sec, nsec = divmod(int(round(t * 1e9)), 1_000_000_000)
@@ -46,25 +58,36 @@ def sec_to_duration(t: float) -> Duration:
 
 
 def image_decoder(msg: Image, max_pixels: int = image_conversion.DEFAULT_MAX_PIXELS,
-                  bridge: Optional[Any] = None) -> Callable[[], np.ndarray]:
+                  bridge: Optional[Any] = None, target_size: Optional[Tuple[int, int]] = None
+                  ) -> Callable[[], np.ndarray]:
     """Check a raw Image now (metadata only) and return a closure producing RGB uint8 later.
 
     Raises image_conversion.ImageRejected with a `reason` for bad metadata. With a CvBridge the
     closure uses it, after the same checks, so both paths refuse the same messages.
+    `target_size` (height, width): the closure returns the frame resized with pad to it.
     """
     if bridge is None:
         return image_conversion.raw_image_decoder(msg.encoding, msg.height, msg.width, msg.step,
-                                                  msg.data, max_pixels)
+                                                  msg.data, max_pixels, target_size)
     image_conversion.check_raw_image(msg.encoding, msg.height, msg.width, msg.step,
                                      memoryview(msg.data).nbytes, max_pixels)
-    return lambda: np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+
+    def decode() -> np.ndarray:
+        rgb = np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+        if target_size is None or rgb.shape[:2] == tuple(target_size):
+            return rgb
+        return image_conversion.resize_with_pad_u8(rgb, target_size[0], target_size[1])
+
+    return decode
 
 
 def compressed_decoder(msg: CompressedImage,
-                       max_pixels: int = image_conversion.DEFAULT_MAX_PIXELS
+                       max_pixels: int = image_conversion.DEFAULT_MAX_PIXELS,
+                       target_size: Optional[Tuple[int, int]] = None
                        ) -> Callable[[], np.ndarray]:
     """Check a CompressedImage header now and return a closure decoding it later."""
-    return image_conversion.compressed_image_decoder(msg.format, msg.data, max_pixels)
+    return image_conversion.compressed_image_decoder(msg.format, msg.data, max_pixels,
+                                                     target_size)
 
 
 def make_bridge() -> Optional[Any]:
@@ -72,10 +95,12 @@ def make_bridge() -> Optional[Any]:
 
 
 def joint_state_arrays(msg: JointState) -> Tuple[float, Sequence[str], np.ndarray]:
-    """JointState -> (stamp seconds, names, positions float64); no reordering here."""
+    """JointState -> (stamp seconds, names, positions float64); no reordering here.
+
+    Raises ObservationRejected(invalid_stamp) for an invalid header stamp (checked_stamp)."""
     positions = np.frombuffer(msg.position, dtype=np.float64) if len(msg.position) else \
         np.zeros(0, dtype=np.float64)
-    return stamp_to_sec(msg.header.stamp), list(msg.name), positions
+    return checked_stamp(msg.header.stamp), list(msg.name), positions
 
 
 def image_msg(rgb: np.ndarray, stamp: float, frame_id: str = "", encoding: str = "rgb8") -> Image:

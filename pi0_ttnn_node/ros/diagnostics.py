@@ -1,6 +1,8 @@
 """What the node reports on /diagnostics, built as diagnostic_msgs/DiagnosticArray directly.
 
-One status per input (rate over the period, header-stamp age vs the node clock, last refusal) and
+One status per input (rate over the period, header-stamp age vs the node clock, last refusal; for
+cameras also the QoS in use, the received vs stamped rate and, below LOSSY_BELOW of the stamped
+rate, a WARN naming the likely cause) and
 one for the policy (backend, latency last/p50/p95, queue depth, refusals by reason, clips,
 chunk-boundary jump, consecutive failures, A/B divergence). diagnostic_updater has no wheel here,
 so the task structure is reproduced by hand. Counterpart: ros/node.py.
@@ -11,11 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
 
 from pi0_ttnn_node.ros.conversions import diagnostic_array, diagnostic_status
+from pi0_ttnn_node.ros import process_tuning
+from pi0_ttnn_node.ros.inputs import LOSSY_BELOW
 
 PREFIX = "pi0_ttnn_node"
 
@@ -65,6 +69,15 @@ class PolicyStatus:
                 self.consecutive_failures += 1
             return self.consecutive_failures
 
+    def switch_requested(self, label: str) -> None:
+        """A backend (label) was requested. Requesting the one that runs again withdraws the
+        failed switch, so its warning clears: the worker skips a switch to the running spec and
+        reports nothing, and the warning would otherwise stay for the rest of the run."""
+        with self.lock:
+            self.backend_requested = label
+            if label == self.backend_active:
+                self.backend_error = ""
+
     def backend_event(self, role: str, spec: Any, err: Optional[BaseException]) -> None:
         label = spec.label() if spec is not None else ""
         with self.lock:
@@ -85,41 +98,89 @@ def _ms(seconds: Optional[float]) -> float:
     return float("nan") if seconds is None else seconds * 1e3
 
 
+def likely_loss_cause(transport: str, reliability: str, offered: str) -> str:
+    """One line on why a camera delivers fewer frames than its stamps say were published."""
+    if reliability == "best_effort" and transport == "raw":
+        hint = ("best-effort delivery of large raw frames: DDS drops samples that do not fit the "
+                "shared-memory segment or socket buffers")
+        if offered == "reliable":
+            hint += "; the publisher offers reliable: set qos.image_reliability auto or reliable"
+        return hint + ("; or enlarge the Fast DDS buffers / use the compressed transport "
+                       "(docs/deployment.md)")
+    if reliability == "best_effort":
+        return ("best-effort delivery loses samples under load (socket buffers); use reliable or "
+                "enlarge the buffers (docs/deployment.md)")
+    return ("reliable delivery with depth 1 still skips frames the node reads too late: CPU load "
+            "on this host, or a slow link; check the publisher's rate and the node's CPU")
+
+
+def camera_delivery(stats: Any, now: float, transport: str, qos_values: Dict[str, Any]
+                    ) -> Tuple[Dict[str, Any], str]:
+    """Delivery values of one camera and a warning ('' when fine)."""
+    rates = stats.delivery(now)
+    values = {"received_rate_hz": rates["received_hz"], "stamped_rate_hz": rates["stamped_hz"],
+              "delivered_fraction": rates["delivered"]}
+    values.update(qos_values)
+    delivered = rates["delivered"]
+    if delivered == delivered and delivered < LOSSY_BELOW:
+        cause = likely_loss_cause(transport, qos_values.get("qos_reliability", ""),
+                                  qos_values.get("publishers_offer", ""))
+        return values, (f"receiving {rates['received_hz']:.1f} Hz of {rates['stamped_hz']:.1f} "
+                        f"Hz published (header stamps); likely cause: {cause}")
+    return values, ""
+
+
 def input_statuses(node: Any, now: float, hardware_id: str) -> list:
     cfg, hub = node.cfg, node.hub
     out = []
     required = {f"camera {c.name}": c.required for c in cfg.cameras}
+    cameras = {f"camera {c.name}": c for c in cfg.cameras}
     required["joint_states"] = True
     limits = {"joint_states": cfg["sync.max_state_age_s"]}
+    subs = getattr(node, "camera_subs", None)
     since_start = time.monotonic() - node.status.started_steady
     for key, stats in hub.stats.items():
         rate = stats.rate()
         if key == "instruction":
             text = hub.assembler.instruction
             level = "OK" if text else "WARN"
-            out.append(diagnostic_status(f"{PREFIX}: instruction", level,
-                                         "in force" if text else "waiting for an instruction",
+            message = "in force" if text else "waiting for an instruction"
+            if stats.last_reject:
+                message += f"; last refusal: {stats.last_reject}"
+            out.append(diagnostic_status(f"{PREFIX}: instruction", level, message,
                                          hardware_id, {"instruction": text[:120],
-                                                       "received": stats.count}))
+                                                       "received": stats.count,
+                                                       "last_reject": stats.last_reject}))
             continue
         age = float("nan") if stats.last_stamp is None else now - stats.last_stamp
         limit = limits.get(key, cfg["sync.max_image_age_s"])
-        if stats.last_stamp is None:
+        values: Dict[str, Any] = {"rate_hz": rate, "age_s": age, "received": stats.count,
+                                  "zero_stamps": stats.zero_stamps,
+                                  "last_reject": stats.last_reject}
+        loss = ""
+        if key in cameras:
+            cam = cameras[key]
+            qos_values = subs.describe(cam.name) if subs is not None else {}
+            extra, loss = camera_delivery(stats, now, cam.transport, qos_values)
+            values.update(extra)
+        if stats.count == 0:
             level = "ERROR" if required[key] and since_start > cfg["sync.startup_timeout_s"] \
                 else "WARN"
             message = "no message received"
-        elif age > limit:
-            level, message = ("ERROR" if required[key] else "WARN"), f"stale ({age:.3f} s)"
-        elif stats.refused_latest:
+        elif stats.last_stamp is None or stats.refused_latest:
             level = "ERROR" if required[key] else "WARN"
             message = "refusing messages"
+        elif age > limit:
+            level, message = ("ERROR" if required[key] else "WARN"), f"stale ({age:.3f} s)"
+        elif loss:
+            level, message = "WARN", loss
         else:
             level, message = "OK", "receiving"
+        if loss and level != "WARN":
+            message += f"; {loss}"
         if stats.last_reject:
             message += f"; last refusal: {stats.last_reject}"
-        out.append(diagnostic_status(f"{PREFIX}: {key}", level, message, hardware_id,
-                                     {"rate_hz": rate, "age_s": age, "received": stats.count,
-                                      "last_reject": stats.last_reject}))
+        out.append(diagnostic_status(f"{PREFIX}: {key}", level, message, hardware_id, values))
     return out
 
 
@@ -148,6 +209,7 @@ def policy_status(node: Any, state: str, hardware_id: str):
     }
     if node.worker is not None:
         values.update({f"device.{k}": v for k, v in node.worker.description.items()})
+    values.update(process_tuning.describe(getattr(node, "_tuning", None)))
     values.update({f"reject.{k}": v for k, v in sorted(rejects.items())})
     values.update({f"clip.{k}": v for k, v in sorted(limiter.items())})
     values.update({f"queue.{k}": v for k, v in sorted(sched.counters.items())})

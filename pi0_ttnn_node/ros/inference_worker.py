@@ -5,7 +5,8 @@ Keeping every backend call (model load, device open, trace, close) on this threa
 ttnn calls, which ttnn does not document as safe. A switch loads and warms the new backend here
 while the controller keeps playing the queued chunk, then swaps between two inferences and closes
 the old one. Shadow mode re-runs each observation, with the same noise, on a second backend.
-Counterpart: ros/node.py (requests work, receives results through callbacks).
+Counterparts: control/pipeline.py (prepares each inference and takes its result), ros/node.py and
+tools/soak.py (request work, receive results through callbacks).
 """
 
 from __future__ import annotations
@@ -20,23 +21,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from pi0_ttnn_node.control.pipeline import InferenceResult, Prepared
 from pi0_ttnn_node.errors import ObservationRejected, Pi0Error
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """One chunk for the scheduler: robot-unit actions of the observation taken at t_obs."""
-
-    actions: np.ndarray  # [H, action_dim] float32, robot units
-    state: np.ndarray  # [state_dim] the observation's joint state (delta/velocity spaces)
-    t_obs: float  # node-clock seconds (primary camera stamp)
-    latency_s: float  # steady-clock duration of build + sample
-    request_id: int  # the scheduler request it answers; results of a reset queue are refused
-    backend: str
-    timings_ms: Dict[str, float]
-    truncated_prompt: bool
 
 
 @dataclass(frozen=True)
@@ -65,20 +53,21 @@ class InferenceWorker:
 
     Callbacks run on the worker thread: keep them short (queue a chunk, bump a counter).
     `make_policy(spec)` builds a policy for a backend spec; `warmup(policy)` runs the warm-up and
-    returns its latencies in seconds; `build_observation()` returns the current Observation or
-    raises ObservationRejected. `request_id` (the scheduler's) travels with each inference and
+    returns its latencies in seconds; `prepare(request_id, policy)` returns the observation, noise
+    and guidance of that request (control.pipeline.ControlCore.prepare) or raises
+    ObservationRejected. `request_id` (the scheduler's) travels with each inference and
     comes back in every result, refusal and failure callback.
     """
 
     def __init__(self, make_policy: Callable[[Any], Any], warmup: Callable[[Any], List[float]],
-                 build_observation: Callable[[], Any],
+                 prepare: Callable[[int, Any], Prepared],
                  on_result: Callable[[InferenceResult], None],
                  on_reject: Callable[[int, ObservationRejected], None],
                  on_failure: Callable[[str, int, BaseException], None],
                  on_divergence: Callable[[Divergence], None],
                  on_backend: Callable[[str, Any, Optional[BaseException]], None]) -> None:
         self._make_policy, self._warmup = make_policy, warmup
-        self._build_observation = build_observation
+        self._prepare = prepare
         self._on_result, self._on_reject, self._on_failure = on_result, on_reject, on_failure
         self._on_divergence, self._on_backend = on_divergence, on_backend
         self._cond = threading.Condition()
@@ -246,8 +235,9 @@ class InferenceWorker:
 
     def _infer(self, request_id: int) -> None:
         t0 = time.perf_counter()
+        policy = self.policy
         try:
-            obs = self._build_observation()
+            prepared = self._prepare(request_id, policy)
         except ObservationRejected as err:
             self._on_reject(request_id, err)
             return
@@ -255,10 +245,9 @@ class InferenceWorker:
             self._on_failure("observation", request_id, err)
             LOG.error("building the observation failed:\n%s", traceback.format_exc())
             return
-        policy = self.policy
+        obs, noise = prepared.observation, prepared.noise
         try:
-            noise = policy.noise.draw(policy.noise_shape(1))
-            chunk = policy.sample([obs], noise=noise)
+            chunk = policy.sample([obs], noise=noise, guidance=prepared.guidance)
         except Exception as err:  # noqa: BLE001 - counted; the node holds after N in a row
             self._on_failure("inference", request_id, err)
             if not isinstance(err, Pi0Error):
@@ -266,17 +255,20 @@ class InferenceWorker:
             return
         latency = time.perf_counter() - t0
         self._on_result(InferenceResult(
-            actions=chunk.actions[0], state=np.asarray(obs.state, dtype=np.float64),
+            actions=chunk.actions[0], normalized=chunk.normalized[0],
+            state=np.asarray(obs.state, dtype=np.float64),
             t_obs=obs.timestamp, latency_s=latency, request_id=request_id,
             backend=str(getattr(self.spec, "backend", self.spec)), timings_ms=chunk.timings_ms,
-            truncated_prompt=bool(chunk.truncated_prompt and chunk.truncated_prompt[0])))
+            truncated_prompt=bool(chunk.truncated_prompt and chunk.truncated_prompt[0]),
+            guided=prepared.guidance is not None))
         if self.shadow is not None:
-            self._run_shadow(obs, noise, chunk.actions[0], request_id)
+            self._run_shadow(prepared, chunk.actions[0], request_id)
 
-    def _run_shadow(self, obs: Any, noise: Any, primary: np.ndarray, request_id: int) -> None:
+    def _run_shadow(self, prepared: Prepared, primary: np.ndarray, request_id: int) -> None:
         t0 = time.perf_counter()
         try:
-            other = self.shadow.sample([obs], noise=noise).actions[0]
+            other = self.shadow.sample([prepared.observation], noise=prepared.noise,
+                                       guidance=prepared.guidance).actions[0]
         except Exception as err:  # noqa: BLE001 - shadow failures never touch the output
             self._on_failure("shadow", request_id, err)
             return

@@ -11,23 +11,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, Optional
+from collections import deque
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 from pi0_ttnn_node import image_conversion
+from pi0_ttnn_node.control.node_config import CameraSpec, NodeConfig
+from pi0_ttnn_node.control.pipeline import make_assembler
 from pi0_ttnn_node.errors import ObservationRejected
-from pi0_ttnn_node.joint_mapping import JointStateCache
-from pi0_ttnn_node.observation_sync import ObservationAssembler, SyncConfig
+from pi0_ttnn_node.observation_sync import SyncConfig
 from pi0_ttnn_node.ros import conversions
-from pi0_ttnn_node.ros.params import CameraSpec, NodeConfig
 
 LOG = logging.getLogger(__name__)
 
+RATE_WINDOW_S = 5.0  # received / stamped rate window (node clock)
+RATE_WINDOW_MAX = 1024
+RATE_MIN_SAMPLES = 8
+LOSSY_BELOW = 0.7  # delivered fraction under which /diagnostics warns with the likely cause
+
 
 class InputStats:
-    """Message count, newest header stamp and steady receipt time of one input."""
+    """Counts, newest accepted stamp, receipt times and the received vs stamped rate of one input.
+
+    Rates come from a sliding window (RATE_WINDOW_S of node-clock receipt times, so sim-time
+    replay at any speed compares like with like): `received_hz` is what arrived; `stamped_hz` is
+    the publisher's rate implied by the header stamps, 1 / (10th percentile of the stamp steps
+    between consecutive received messages): consecutive frames still arrive in pairs under loss,
+    so the short steps reveal the publishing period while the gaps reveal the loss.
+    """
 
     __slots__ = ("count", "last_stamp", "last_steady", "last_reject", "refused_latest",
-                 "_rate_count", "_rate_t")
+                 "zero_stamps", "_rate_count", "_rate_t", "_window")
 
     def __init__(self) -> None:
         self.count = 0
@@ -35,13 +48,22 @@ class InputStats:
         self.last_steady: Optional[float] = None
         self.last_reject = ""
         self.refused_latest = False  # the newest message was refused
+        self.zero_stamps = 0
         self._rate_count = 0
         self._rate_t = time.monotonic()
+        self._window: Deque[Tuple[float, float]] = deque(maxlen=RATE_WINDOW_MAX)
 
-    def received(self, stamp: float) -> None:
+    def arrived(self, receipt: Optional[float] = None, stamp: Optional[float] = None) -> None:
+        """Count one message (refused ones too); `stamp` feeds the stamped-rate estimate."""
         self.count += 1
-        self.last_stamp = stamp
         self.last_steady = time.monotonic()
+        if receipt is not None and stamp is not None and stamp > 0.0:
+            self._window.append((receipt, stamp))
+
+    def received(self, stamp: float, receipt: Optional[float] = None) -> None:
+        """Count one message and take its stamp as the newest accepted one."""
+        self.arrived(receipt, stamp)
+        self.last_stamp = stamp
 
     def rate(self) -> float:
         """Messages per second since the previous call (diagnostics period)."""
@@ -50,26 +72,42 @@ class InputStats:
         self._rate_count, self._rate_t = self.count, now
         return rate
 
+    def delivery(self, now: float) -> Dict[str, float]:
+        """received_hz, stamped_hz and delivered (their ratio) over the last RATE_WINDOW_S.
+
+        NaN where the window holds too little (fewer than RATE_MIN_SAMPLES messages).
+        """
+        while self._window and now - self._window[0][0] > RATE_WINDOW_S:
+            self._window.popleft()
+        nan = float("nan")
+        samples = list(self._window)
+        if len(samples) < RATE_MIN_SAMPLES:
+            return {"received_hz": nan, "stamped_hz": nan, "delivered": nan}
+        received = (len(samples) - 1) / max(samples[-1][0] - samples[0][0], 1e-6)
+        stamps = sorted(st for _, st in samples)
+        steps = sorted(b - a for a, b in zip(stamps, stamps[1:]) if b - a > 1e-6)
+        if not steps:
+            return {"received_hz": received, "stamped_hz": nan, "delivered": nan}
+        period = steps[int(0.1 * (len(steps) - 1))]
+        stamped = 1.0 / period
+        return {"received_hz": received, "stamped_hz": stamped,
+                "delivered": min(1.0, received / stamped)}
+
 
 class InputHub:
     """Owns the joint cache and the observation assembler for one configured node."""
 
     def __init__(self, cfg: NodeConfig, now: Callable[[], float],
                  on_instruction_change: Callable[[str], None],
-                 bridge: Optional[object] = None) -> None:
+                 bridge: Optional[object] = None, image_size: Optional[int] = None) -> None:
         self.cfg = cfg
         self.now = now
         self.bridge = bridge
-        history = max(1.0, 4.0 * cfg["sync.max_state_age_s"])
-        self.joints = JointStateCache(cfg.state_joint_names, history_s=history)
-        sync = SyncConfig(max_image_age_s=cfg["sync.max_image_age_s"],
-                          max_state_age_s=cfg["sync.max_state_age_s"],
-                          max_camera_skew_s=cfg["sync.max_camera_skew_s"],
-                          default_instruction=cfg["instruction.default"])
-        self.assembler = ObservationAssembler([c.name for c in cfg.cameras],
-                                              [c.required for c in cfg.cameras],
-                                              cfg.primary_camera, self.joints, sync,
-                                              on_instruction_change)
+        # the model's square image size: frames are decoded straight to it (image_conversion)
+        self.target_size = None if image_size is None else (int(image_size), int(image_size))
+        # the same joint cache and assembler (sync rules) that replay and the soak build
+        self.assembler = make_assembler(cfg, on_instruction_change)
+        self.joints = self.assembler.joints
         self.stats: Dict[str, InputStats] = {f"camera {c.name}": InputStats()
                                              for c in cfg.cameras}
         self.stats["joint_states"] = InputStats()
@@ -96,18 +134,29 @@ class InputHub:
 
     def on_image(self, camera: CameraSpec, msg: object) -> None:
         key = f"camera {camera.name}"
-        stamp = conversions.stamp_to_sec(msg.header.stamp)
-        self.stats[key].received(stamp)
+        stats = self.stats[key]
+        receipt = self.now()
+        try:
+            stamp = conversions.checked_stamp(msg.header.stamp)
+        except ObservationRejected as err:
+            stats.arrived()
+            self.count_reject(key, err.reason)
+            return
+        stats.arrived(receipt, stamp)
         try:
             if camera.transport == "raw":
                 self._check_size(camera, msg.width, msg.height)
-                decoder = conversions.image_decoder(msg, bridge=self.bridge)
+                decoder = conversions.image_decoder(msg, bridge=self.bridge,
+                                                    target_size=self.target_size)
             else:
                 width, height = image_conversion.check_compressed_image(msg.format, msg.data)
                 self._check_size(camera, width, height)
-                decoder = conversions.compressed_decoder(msg)
-            self.assembler.add_image(camera.name, stamp, decoder, receipt_time=self.now())
-            self.stats[key].refused_latest = False
+                decoder = conversions.compressed_decoder(msg, target_size=self.target_size)
+            zeros = self.assembler.zero_stamps
+            self.assembler.add_image(camera.name, stamp, decoder, receipt_time=receipt)
+            stats.zero_stamps += self.assembler.zero_stamps - zeros
+            stats.last_stamp = receipt if stamp == 0.0 else stamp
+            stats.refused_latest = False
         except ObservationRejected as err:
             self.count_reject(key, err.reason)
             LOG.debug("camera %s frame refused: %s", camera.name, err)
@@ -121,13 +170,25 @@ class InputHub:
                         *camera.expected_size)
 
     def on_joint_state(self, msg: object) -> None:
-        stamp, names, positions = conversions.joint_state_arrays(msg)
-        self.stats["joint_states"].received(stamp)
+        stats = self.stats["joint_states"]
+        receipt = self.now()
         try:
-            self.joints.add(stamp, names, positions, receipt_time=self.now())
-            self.stats["joint_states"].refused_latest = False
+            stamp, names, positions = conversions.joint_state_arrays(msg)
         except ObservationRejected as err:
+            stats.arrived()
             self.count_reject("joint_states", err.reason)
+            return
+        stats.arrived(receipt, stamp)
+        zeros = self.joints.zero_stamps
+        try:
+            self.joints.add(stamp, names, positions, receipt_time=receipt)
+            stats.refused_latest = False
+            stats.last_stamp = receipt if stamp == 0.0 else stamp
+        except ObservationRejected as err:
+            if err.reason in ("nonfinite_state", "position_out_of_range"):
+                stats.last_stamp = receipt if stamp == 0.0 else stamp  # other joints updated
+            self.count_reject("joint_states", err.reason)
+        stats.zero_stamps += self.joints.zero_stamps - zeros
 
     def on_instruction(self, text: str) -> None:
         self.stats["instruction"].received(self.now())

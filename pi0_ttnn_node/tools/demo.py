@@ -14,8 +14,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from pi0_ttnn_node.backends import BackendSpec, TorchSpec
 from pi0_ttnn_node.embedded import ensure_embedded_checkpoint
 from pi0_ttnn_node.preprocessing import Observation
+from pi0_ttnn_node.ttnn_backend.ttnn_config import add_ttnn_arguments, runtime_config_from_args
 
 LOG = logging.getLogger("pi0_demo")
 
@@ -37,14 +39,12 @@ def recorded_observations(camera_names, state_dim: int, count: int, seed: int = 
                           timestamp=i * 0.1)
 
 
-def run_offline(model_type: str, backend: str, steps: int, emulate: bool) -> int:
-    from pi0_ttnn_node.backends import BackendOptions
+def run_offline(model_type: str, spec: BackendSpec, steps: int) -> int:
     from pi0_ttnn_node.policy import Pi0Policy, PolicyConfig
 
     ckpt_dir = ensure_embedded_checkpoint(model_type)
     print(f"embedded default checkpoint (tiny, random weights, demo only): {ckpt_dir}")
-    cfg = PolicyConfig(checkpoint_dir=str(ckpt_dir), backend=backend, noise_seed=0,
-                       options=BackendOptions(ttnn_emulate=emulate))
+    cfg = PolicyConfig(checkpoint_dir=str(ckpt_dir), spec=spec, noise_seed=0)
     policy = Pi0Policy.load(cfg)
     print(f"backend: {policy.backend.describe()}")
     feats = policy.config.features
@@ -69,16 +69,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-type", choices=("pi0", "pi05"), default="pi0")
     p.add_argument("--backend", choices=("torch", "ttnn"), default="torch")
-    p.add_argument("--ttnn-emulate", action="store_true",
-                   help="run the TTNN backend on the CPU emulation (no Tenstorrent card)")
     p.add_argument("--steps", type=int, default=10,
                    help="observations to replay (--offline) or seconds of recording (node demo)")
     p.add_argument("--offline", action="store_true", help="run the policy without ROS / DDS")
     p.add_argument("--seconds", type=float, default=20.0, help="node demo duration bound")
+    add_ttnn_arguments(p)  # --ttnn-emulate runs TTNN on the CPU emulation (no card)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.offline:
-        return run_offline(args.model_type, args.backend, args.steps, args.ttnn_emulate)
+        spec = BackendSpec(args.backend, TorchSpec(), runtime_config_from_args(args))
+        return run_offline(args.model_type, spec, args.steps)
     from pi0_ttnn_node.tools.demo_ros import run_node_demo
 
     return run_node_demo(args.model_type, args.backend, args.ttnn_emulate, args.steps,

@@ -12,7 +12,6 @@ import os
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, List
 
 # Set before rclpy is imported anywhere: loopback-only discovery and a private domain.
@@ -21,6 +20,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(5 + os.getpid() % 90))
 
 from pi0_ttnn_node.bag_tools import (DEMO_CAMERAS, DEMO_JOINTS, DEMO_START_NS,  # noqa: E402
                                      make_demo_bag)
+from pi0_ttnn_node.control.parameters import shipped_params_file  # noqa: E402
 from pi0_ttnn_node.embedded import default_cache_dir, ensure_embedded_checkpoint  # noqa: E402
 
 OUTPUT_TOPIC = "/joint_trajectory_controller/joint_trajectory"
@@ -80,7 +80,8 @@ def run_node_demo(model_type: str, backend: str, emulate: bool, seconds_of_bag: 
     import rclpy
     from rclpy.parameter import Parameter
 
-    from pi0_ttnn_node.ros.node import Pi0PolicyNode, autostart, make_executor
+    from pi0_ttnn_node.ros.node import Pi0PolicyNode
+    from pi0_ttnn_node.ros.process import autostart, make_executor
     from pi0_ttnn_node.tools.bag_play import BagPlayer, PlayConfig
 
     ckpt = ensure_embedded_checkpoint(model_type)
@@ -95,7 +96,7 @@ def run_node_demo(model_type: str, backend: str, emulate: bool, seconds_of_bag: 
     print(f"recorded observations: {bag} (rosbag2, {seconds_of_bag} s, 3 cameras + joint states)")
     print(f"DDS: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, discovery "
           f"{os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']}")
-    params_file = Path(__file__).resolve().parents[2] / "config" / "pi0_ttnn_node.yaml"
+    params_file = shipped_params_file()  # checkout config/ or the installed share/ copy
     overrides = demo_overrides(backend, emulate)
     overrides["policy.checkpoint_dir"] = str(ckpt)
     overrides["policy.model_type"] = model_type

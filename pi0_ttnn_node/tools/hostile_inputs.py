@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import pi0_ttnn_node
+from pi0_ttnn_node.control.parameters import shipped_params_file
 
-PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "pi0_ttnn_node.yaml"
 NODE_ARGS = {  # fast replanning so resumption shows within a few hundred ms
     "control_rate_hz": "20.0", "policy.num_steps": "2", "policy.warmup_iterations": "1",
     "policy.noise_seed": "0", "policy.torch_threads": "1", "schedule.execute_steps": "1",
@@ -55,11 +56,14 @@ def set_loopback_env(domain_id: int) -> int:
 def start_node(extra: Dict[str, str], log_path: Path) -> subprocess.Popen:
     """The node as a separate process, with the package params file plus test overrides."""
     args = dict(NODE_ARGS, **extra)
+    # the shipped params file: config/ in a checkout, share/pi0_ttnn_node/config/ when installed
     cmd = [sys.executable, "-c", "from pi0_ttnn_node.ros.node import main; main()",
-           "--ros-args", "--params-file", str(PARAMS_FILE)]
+           "--ros-args", "--params-file", str(shipped_params_file())]
     for key, value in args.items():
         cmd += ["-p", f"{key}:={value}"]
-    env = dict(os.environ, PYTHONPATH=str(PARAMS_FILE.parents[1]) + os.pathsep
+    # the node process imports this same copy of the package (checkout or install)
+    package_root = Path(pi0_ttnn_node.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(package_root) + os.pathsep
                + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 

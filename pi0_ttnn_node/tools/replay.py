@@ -23,19 +23,26 @@ from typing import Any, Dict, List, Optional
 from pi0_ttnn_node.bag_tools import BagBuilder, BagError, BagReader
 from pi0_ttnn_node.errors import ConfigError, Pi0Error
 from pi0_ttnn_node.tools import replay_report as rr
-from pi0_ttnn_node.tools.replay_engine import (BackendArg, CoreFeed, ReplayArgs, load_policies,
-                                               replay_ticks)
-from pi0_ttnn_node.tools.replay_inputs import NODE_NAME, ReplayInputs, node_values, resolve_inputs
+from pi0_ttnn_node.backends import BackendSpec, TorchSpec
+from pi0_ttnn_node.control.node_config import build_node_config
+from pi0_ttnn_node.tools.replay_engine import CoreFeed, ReplayArgs, load_policies, replay_ticks
+from pi0_ttnn_node.tools.replay_merge import MergeTrace
+from pi0_ttnn_node.tools.replay_inputs import NODE_NAME, ReplayInputs, replay_values, resolve_inputs
+from pi0_ttnn_node.ttnn_backend.ttnn_config import add_ttnn_arguments, runtime_config_from_args
 
 LOG = logging.getLogger("pi0_replay")
 EXIT_CONFIG, EXIT_NO_INFERENCE = 7, 8
 OUTPUTS = ("action_chunks", "report.json", "actions.png", "latency.png", "divergence.png")
 
 
-def run_replay(args: ReplayArgs) -> Dict[str, Any]:
-    """Replay the bag; write the chunk bag, report.json and plots into args.out."""
+def run_replay(args: ReplayArgs, trace: Optional[MergeTrace] = None) -> Dict[str, Any]:
+    """Replay the bag; write the chunk bag, report.json and plots into args.out.
+
+    The report's `merge` section measures every chunk switch (tools/replay_merge.py); pass
+    `trace` to keep the per-tick commands."""
+    trace = trace if trace is not None else MergeTrace()
     prepare_out(args.out, args.overwrite)
-    values = node_values(args.params_file, args.node_name, args.overrides)
+    values = replay_values(args.params_files, args.node_name, args.overrides)
     labels = {k: b.label() for k, b in zip("ab", args.backends)}
     with BagReader(args.bag) as bag:
         bag.check_not_empty()
@@ -47,9 +54,13 @@ def run_replay(args: ReplayArgs) -> Dict[str, Any]:
             inputs = resolve_inputs(values, bag, args.node_name, args.namespace,
                                     features.state_dim, features.action_dim,
                                     args.instruction_topic)
-            core = CoreFeed(inputs, values)
+            model = policies["a"].config
+            core = CoreFeed(inputs, build_node_config(values), model.chunk_size,
+                            model.max_action_dim)
             dt_ns = int(round(1e9 / float(values["control_rate_hz"])))
-            first_ns = bag.start_ns + int(round(args.start_offset * 1e9))
+            # ticks on the clock's dt grid, as the node's control timer runs when it was
+            # started before the bag's /clock (rcl timers keep the phase of their start time)
+            first_ns = -(-(bag.start_ns + int(round(args.start_offset * 1e9))) // dt_ns) * dt_ns
             last_ns = bag.end_ns if args.duration <= 0 else \
                 min(bag.end_ns, first_ns + int(round(args.duration * 1e9)))
             ticks = range(first_ns, last_ns + 1, dt_ns)
@@ -59,17 +70,18 @@ def run_replay(args: ReplayArgs) -> Dict[str, Any]:
                 t0 = time.perf_counter()
                 records, skipped, n_ticks = replay_ticks(
                     args, core, bag.messages(inputs.topics), ticks, policies, out_bag, topics,
-                    values)
+                    values, trace)
                 wall_s = time.perf_counter() - t0
             report = build_report(args, bag, inputs, core, values, labels, policies, records,
                                   skipped, n_ticks, wall_s, load_s, topics)
+            report["merge"].update(trace.summary(dt_ns * 1e-9))
         finally:
             for policy in policies.values():
                 policy.close()
     if args.plots:
         report["outputs"]["plots"] = rr.write_plots(
             args.out, records, labels, inputs.action_joints, dt_ns * 1e-9, first_ns * 1e-9,
-            report.get("divergence"))
+            report.get("divergence"), trace)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -103,6 +115,8 @@ def build_report(args: ReplayArgs, bag: BagReader, inputs: ReplayInputs, core: C
         "input_rejects": dict(sorted(core.input_rejects.items())),
         "assembler_counters": dict(sorted(core.assembler.counters.items())),
         "scheduler_counters": dict(sorted(core.scheduler.counters.items())),
+        "merge": {"mode": values["merge.mode"], "rtc_method": values["rtc.method"],
+                  "guided_inferences": sum(r.target is not None for r in records)},
         "backends": backends,
         "throughput": {"load_s": round(load_s, 3), "wall_s": round(wall_s, 3),
                        "ticks_per_s": round(n_ticks / wall_s, 2) if wall_s > 0 else None,
@@ -129,7 +143,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ReplayArgs:
     p = argparse.ArgumentParser(prog="pi0-replay", description=__doc__.splitlines()[0])
     p.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap)")
     p.add_argument("--out", type=Path, help="output directory (default: <bag>_replay)")
-    p.add_argument("--params-file", help="the node's params YAML (topics, joints, rates)")
+    p.add_argument("--params-file", action="append", default=[],
+                   help="the node's params YAML, applied after the shipped "
+                        "config/pi0_ttnn_node.yaml like a launch file's; repeatable")
     p.add_argument("--node-name", default=NODE_NAME)
     p.add_argument("--namespace", default="/")
     p.add_argument("--checkpoint", default="", help="checkpoint dir; default: embedded tiny")
@@ -140,7 +156,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ReplayArgs:
     p.add_argument("--torch-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--torch-dtype-b", default=None, choices=("float32", "bfloat16"))
     p.add_argument("--torch-device", default="cpu")
-    p.add_argument("--ttnn-emulate", action="store_true", help="TTNN on its CPU emulation")
+    p.add_argument("--torch-threads", type=int, default=0, help="0 = torch default")
     p.add_argument("--seed", type=int, default=0, help="noise seed; -1 = fresh noise")
     p.add_argument("--num-steps", type=int, help="Euler steps (default: checkpoint's)")
     p.add_argument("--camera", action="append", metavar="NAME=TOPIC",
@@ -154,6 +170,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ReplayArgs:
     p.add_argument("--action-dims", nargs="+", type=int)
     p.add_argument("--control-rate-hz", type=float)
     p.add_argument("--execute-steps", type=int)
+    p.add_argument("--merge", choices=("replace", "blend", "rtc"), help="merge.mode")
+    p.add_argument("--rtc-method", choices=("forward", "vjp"), help="rtc.method")
+    p.add_argument("--min-latency-s", type=float, help="schedule.min_latency_s")
     p.add_argument("--sim-latency-ms", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=1, help="untimed inferences per backend")
     p.add_argument("--start-offset", type=float, default=0.0, help="seconds after bag start")
@@ -164,10 +183,11 @@ def parse_args(argv: Optional[List[str]] = None) -> ReplayArgs:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+    add_ttnn_arguments(p)
     a = p.parse_args(argv)
     return ReplayArgs(
         bag=a.bag, out=a.out or Path(f"{a.bag}_replay"), backends=backend_args(a), seed=a.seed,
-        checkpoint=a.checkpoint, model_type=a.model_type, params_file=a.params_file,
+        checkpoint=a.checkpoint, model_type=a.model_type, params_files=a.params_file,
         node_name=a.node_name, namespace=a.namespace, instruction_topic=a.instruction_topic,
         overrides=overrides(p, a),
         sim_latency_ms=a.sim_latency_ms, warmup=a.warmup, start_offset=a.start_offset,
@@ -176,11 +196,14 @@ def parse_args(argv: Optional[List[str]] = None) -> ReplayArgs:
         overwrite=a.overwrite)
 
 
-def backend_args(a: argparse.Namespace) -> List[BackendArg]:
-    out = [BackendArg(a.backend, a.torch_dtype, a.torch_device, a.ttnn_emulate)]
+def backend_args(a: argparse.Namespace) -> List[BackendSpec]:
+    """Backend A (and B) as typed specs; both share the --torch-* and --ttnn-* flags."""
+    ttnn = runtime_config_from_args(a)
+    out = [BackendSpec(a.backend, TorchSpec(a.torch_device, a.torch_dtype, a.torch_threads), ttnn)]
     if a.backend_b:
-        out.append(BackendArg(a.backend_b, a.torch_dtype_b or a.torch_dtype, a.torch_device,
-                              a.ttnn_emulate))
+        out.append(BackendSpec(a.backend_b, TorchSpec(a.torch_device,
+                                                      a.torch_dtype_b or a.torch_dtype,
+                                                      a.torch_threads), ttnn))
     return out
 
 
@@ -190,7 +213,9 @@ def overrides(p: argparse.ArgumentParser, a: argparse.Namespace) -> Dict[str, An
         "joint_states.topics": a.joint_topic, "instruction.default": a.instruction,
         "state.joint_names": a.state_joints, "action.joint_names": a.action_joints,
         "action.dims": a.action_dims, "control_rate_hz": a.control_rate_hz,
-        "schedule.execute_steps": a.execute_steps, "policy.num_steps": a.num_steps}
+        "schedule.execute_steps": a.execute_steps, "policy.num_steps": a.num_steps,
+        "merge.mode": a.merge, "rtc.method": a.rtc_method,
+        "schedule.min_latency_s": a.min_latency_s}
     if a.camera:
         pairs = [c.split("=", 1) for c in a.camera]
         if any(len(pair) != 2 or not all(pair) for pair in pairs):

@@ -1,9 +1,12 @@
-"""The replay loop: bag messages into the node's core, control ticks on bag time, backends called.
+"""The replay loop: bag messages into the node's control core, control ticks on bag time.
 
-CoreFeed builds the same core objects as ros/inputs.py and ros/node.py (JointStateCache,
-ObservationAssembler, ActionScheduler with the node's ScheduleConfig and limits) and feeds them
-exactly as the node's callbacks do. Noise depends on (seed, tick) only and is shared by both
-backends. Counterparts: tools/replay.py (CLI, report), ros/node.py (the live control loop).
+The same ControlCore the node drives (control/pipeline.py: scheduling, observation hand-off, noise
+from (seed, observation stamp), RTC guidance, merge, limits) is built from the same parameter
+table and params YAML; this module only feeds bag messages in, runs the backends where the core
+asks for an inference, and hands the result back `--sim-latency-ms` of bag time later (the node
+uses it no earlier than `schedule.min_latency_s` after the request; so does the core here).
+Backend B sees the same observation, noise and guidance. Counterparts: tools/replay.py (CLI,
+report), ros/node.py (the live driver of the same core).
 """
 
 from __future__ import annotations
@@ -16,19 +19,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from pi0_ttnn_node import image_conversion
-from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
-from pi0_ttnn_node.backends import BackendOptions
+from pi0_ttnn_node.backends import BackendSpec
 from pi0_ttnn_node.bag_tools import BagBuilder, BagMessage, stamp_seconds
 from pi0_ttnn_node.checkpoint import load_checkpoint
+from pi0_ttnn_node.control.node_config import NodeConfig
+from pi0_ttnn_node.control.pipeline import ControlCore, InferenceResult, Prepared, make_assembler
+from pi0_ttnn_node.control.safety import to_absolute
 from pi0_ttnn_node.embedded import ensure_embedded_checkpoint
 from pi0_ttnn_node.errors import BackendUnavailableError, ObservationRejected, Pi0Error
-from pi0_ttnn_node.joint_mapping import JointStateCache
-from pi0_ttnn_node.observation_sync import ObservationAssembler, SyncConfig
-from pi0_ttnn_node.policy import NoiseSource, Pi0Policy, PolicyConfig
-from pi0_ttnn_node.safety import Limits, TrajectoryLimiter, to_absolute
+from pi0_ttnn_node.policy import Pi0Policy, PolicyConfig
 from pi0_ttnn_node.tools.replay_inputs import NODE_NAME, ReplayInputs
 from pi0_ttnn_node.tools.replay_report import TickRecord
 
@@ -36,27 +37,14 @@ LOG = logging.getLogger("pi0_replay")
 
 
 @dataclass
-class BackendArg:
-    backend: str
-    torch_dtype: str = "float32"
-    torch_device: str = "cpu"
-    ttnn_emulate: bool = False
-
-    def label(self) -> str:
-        if self.backend == "torch":
-            return f"torch/{self.torch_device}/{self.torch_dtype}"
-        return "ttnn" + ("/emulated" if self.ttnn_emulate else "")
-
-
-@dataclass
 class ReplayArgs:
     bag: Path
     out: Path
-    backends: List[BackendArg]
+    backends: List[BackendSpec]
     seed: int = 0
     checkpoint: str = ""
     model_type: str = "pi0"
-    params_file: Optional[str] = None
+    params_files: List[str] = field(default_factory=list)
     node_name: str = NODE_NAME
     namespace: str = "/"
     instruction_topic: str = "~/instruction"
@@ -73,42 +61,17 @@ class ReplayArgs:
     overwrite: bool = False
 
 
-def tick_noise(seed: int, tick: int, shape: tuple) -> torch.Tensor:
-    """Noise for one control tick: a function of (seed, tick) only, shared by both backends."""
-    if seed < 0:
-        return NoiseSource(-1).draw(shape)
-    derived = int(np.random.SeedSequence([seed, tick]).generate_state(1, np.uint32)[0])
-    return NoiseSource(derived).draw(shape)
-
-
 class CoreFeed:
-    """The node's core objects, fed from bag messages exactly as the node's callbacks feed them."""
+    """The node's control core, fed from bag messages exactly as the node's callbacks feed it."""
 
-    def __init__(self, inputs: ReplayInputs, values: Dict[str, Any]) -> None:
+    def __init__(self, inputs: ReplayInputs, cfg: NodeConfig, chunk_size: int,
+                 max_action_dim: int) -> None:
         self.inputs = inputs
-        dt = 1.0 / float(values["control_rate_hz"])
-        self.schedule = ScheduleConfig(
-            mode=values["schedule.mode"], execute_steps=int(values["schedule.execute_steps"]),
-            margin_steps=int(values["schedule.margin_steps"]),
-            max_delay_steps=int(values["schedule.max_delay_steps"]), merge=values["merge.mode"],
-            blend_steps=int(values["merge.blend_steps"]), control_rate_hz=1.0 / dt)
-        limiter = None
-        if values["limits.position_lower"]:
-            limiter = TrajectoryLimiter(Limits.create(
-                values["limits.position_lower"], values["limits.position_upper"],
-                values["limits.max_velocity"], values["limits.max_start_jump"]))
-        self.scheduler = ActionScheduler(self.schedule, len(inputs.action_joints), limiter,
-                                         LatencyTracker())
-        self.joints = JointStateCache(inputs.state_joints,
-                                      history_s=max(1.0, 4.0 * values["sync.max_state_age_s"]))
-        sync = SyncConfig(max_image_age_s=values["sync.max_image_age_s"],
-                          max_state_age_s=values["sync.max_state_age_s"],
-                          max_camera_skew_s=values["sync.max_camera_skew_s"],
-                          default_instruction=values["instruction.default"])
-        self.assembler = ObservationAssembler(
-            [c.name for c in inputs.cameras], [c.required for c in inputs.cameras],
-            inputs.primary, self.joints, sync,
-            lambda _text: self.scheduler.reset("instruction"))
+        self.cfg = cfg
+        self.assembler = make_assembler(cfg, lambda _text: self.core.reset("instruction"))
+        self.joints = self.assembler.joints
+        self.core = ControlCore(cfg, chunk_size, self.assembler, max_action_dim)
+        self.scheduler = self.core.scheduler
         self.cameras = {c.topic: c for c in inputs.cameras if c.msgtype}
         self.input_rejects: Dict[str, int] = {}
         self.primary_ns: Dict[float, int] = {}  # float stamp -> exact ns of recent primary frames
@@ -151,67 +114,77 @@ def load_policies(args: ReplayArgs, values: Dict[str, Any]) -> Dict[str, Pi0Poli
         str(ensure_embedded_checkpoint(args.model_type))
     checkpoint = load_checkpoint(path, strict=True, progress=False)
     policies = {}
-    for key, b in zip("ab", args.backends):
-        cfg = PolicyConfig(checkpoint_dir=path, backend=b.backend,
-                           num_steps=int(values["policy.num_steps"]),
-                           options=BackendOptions(torch_device=b.torch_device,
-                                                  torch_dtype=b.torch_dtype,
-                                                  ttnn_emulate=b.ttnn_emulate))
+    for key, spec in zip("ab", args.backends):
+        cfg = PolicyConfig(checkpoint_dir=path, spec=spec, noise_seed=args.seed,
+                           num_steps=int(values["policy.num_steps"]))
         try:
             policies[key] = Pi0Policy.load(cfg, checkpoint=checkpoint)
         except BaseException as err:
             for loaded in policies.values():  # a device opened for backend A is released
                 loaded.close()
             if isinstance(err, ImportError):
-                raise BackendUnavailableError(f"backend {b.label()} cannot be imported here: "
+                raise BackendUnavailableError(f"backend {spec.label()} cannot be imported here: "
                                               f"{err}; install it or pick --backend torch") from err
             raise
     return policies
 
 
-def replay_ticks(args: ReplayArgs, core: CoreFeed, messages: Any, ticks: range,
+def replay_ticks(args: ReplayArgs, feed: CoreFeed, messages: Any, ticks: range,
                  policies: Dict[str, Pi0Policy], out_bag: BagBuilder, topics: Dict[str, str],
-                 values: Dict[str, Any]):
-    """The control loop on bag time; returns (records, skipped ticks by reason, ticks run)."""
+                 values: Dict[str, Any], trace: Any = None):
+    """The control loop on bag time; returns (records, skipped ticks by reason, ticks run).
+    `trace` (replay_merge.MergeTrace) sees the core before and after every tick."""
     from tqdm import tqdm
 
-    sched = core.scheduler
-    latency_ns = int(round(args.sim_latency_ms * 1e6))
+    core = feed.core
+    latency_s = args.sim_latency_ms * 1e-3
     records: List[TickRecord] = []
     skipped: Dict[str, int] = {}
-    pending: Optional[tuple] = None  # (arrival ns, chunk, t_obs, request id, state)
     warm = args.warmup == 0
     nxt = next(messages, None)
     bar = tqdm(ticks, unit="tick", file=sys.stderr, disable=not args.progress, leave=False)
     k = -1
     for k, tick_ns in enumerate(bar):
         while nxt is not None and nxt.log_time_ns <= tick_ns:
-            core.feed(nxt)
+            feed.feed(nxt)
             nxt = next(messages, None)
         now = tick_ns * 1e-9
-        if pending is not None and pending[0] <= tick_ns:
-            sched.on_chunk(pending[1], pending[2], now, pending[3], current_state=pending[4])
-            pending = None
-        sched.tick(now)
-        if not sched.should_request_inference(now):
+        if trace is not None:
+            trace.before(core, now)
+        tick = core.tick(now)
+        if trace is not None:
+            trace.after(core, tick)
+        for accepted in tick.accepted:
+            for rec in records[::-1]:
+                if rec.request_id == accepted.result.request_id:
+                    rec.accepted = accepted.report.accepted
+                    rec.boundary_jump = accepted.report.boundary_jump
+                    break
+        if tick.request_id is None:
             continue
         try:
-            obs = core.assembler.build(now)
+            prepared = core.prepare(tick.request_id, policies["a"])
         except ObservationRejected as err:
             skipped[err.reason] = skipped.get(err.reason, 0) + 1
+            core.on_failed(tick.request_id, "inference_skipped" if err.reason == "no_new_frame"
+                           else "inference_failed")
             continue
-        request_id = sched.mark_inference_started(now)
-        rec = run_backends(args, core, policies, obs, k, now, warm, values["action.space"],
-                           skipped)
-        warm = True
+        if not warm:
+            for policy in policies.values():
+                for _ in range(args.warmup):
+                    policy.sample([prepared.observation], noise=prepared.noise.clone())
+            warm = True
+        rec, result = run_backends(feed, policies, prepared, k, now, tick.request_id,
+                                   values["action.space"], skipped)
         for key, chunk in rec.chunks.items():
-            out_bag.add_trajectory(topics[key], tick_ns + latency_ns, core.stamp_ns(rec.t_obs),
-                                   core.inputs.action_joints, chunk, core.schedule.dt)
-        if "a" not in rec.chunks:
-            sched.on_inference_failed(request_id)
+            out_bag.add_trajectory(topics[key], tick_ns + int(round(latency_s * 1e9)),
+                                   feed.stamp_ns(rec.t_obs), feed.inputs.action_joints, chunk,
+                                   core.dt)
+        if result is None:
+            core.on_failed(tick.request_id)
             continue
         records.append(rec)
-        pending = (tick_ns + latency_ns, rec.chunks["a"], rec.t_obs, request_id, rec.state)
+        core.on_result(result, now + latency_s)
         bar.set_postfix(inferences=len(records))
         if args.max_inferences and len(records) >= args.max_inferences:
             break
@@ -219,27 +192,36 @@ def replay_ticks(args: ReplayArgs, core: CoreFeed, messages: Any, ticks: range,
     return records, skipped, k + 1
 
 
-def run_backends(args: ReplayArgs, core: CoreFeed, policies: Dict[str, Pi0Policy], obs: Any,
-                 tick: int, now: float, warm: bool, action_space: str,
-                 skipped: Dict[str, int]) -> TickRecord:
-    """One observation through every backend with the same noise; chunks in absolute positions."""
-    dt = core.schedule.dt
-    idx = [core.inputs.state_joints.index(j) for j in core.inputs.action_joints]  # node rule
+def run_backends(feed: CoreFeed, policies: Dict[str, Pi0Policy], prepared: Prepared, tick: int,
+                 now: float, request_id: int, action_space: str, skipped: Dict[str, int]):
+    """One prepared inference through every backend (same observation, noise and guidance);
+    returns the record (chunks in absolute positions, for the report) and backend A's result."""
+    obs = prepared.observation
+    idx = [feed.inputs.state_joints.index(j) for j in feed.inputs.action_joints]  # node rule
     state = np.asarray(obs.state, dtype=np.float64)[idx]
-    noise = tick_noise(args.seed, tick, policies["a"].noise_shape(1))
-    rec = TickRecord(tick, now, obs.timestamp, state)
+    rec = TickRecord(tick, now, obs.timestamp, state, request_id=request_id,
+                     delay_steps=prepared.delay_steps)
+    result: Optional[InferenceResult] = None
     for key, policy in policies.items():
-        if not warm:
-            for _ in range(args.warmup):
-                policy.sample([obs], noise=noise.clone())
         t_start = time.perf_counter()
         try:
-            actions = policy.sample([obs], noise=noise.clone()).actions[0]
+            out = policy.sample([obs], noise=prepared.noise.clone(), guidance=prepared.guidance)
         except Pi0Error as err:
             LOG.error("backend %s failed at tick %d: %s", key, tick, err)
             skipped[f"inference_failed_{key}"] = skipped.get(f"inference_failed_{key}", 0) + 1
             continue
         rec.latency_ms[key] = (time.perf_counter() - t_start) * 1e3
-        picked = np.asarray(actions, np.float64)[:, list(core.inputs.action_dims)]
-        rec.chunks[key] = to_absolute(action_space, picked, state, dt)
-    return rec
+        picked = np.asarray(out.actions[0], np.float64)[:, list(feed.inputs.action_dims)]
+        rec.chunks[key] = to_absolute(action_space, picked, state, feed.core.dt)
+        rec.normalized[key] = np.asarray(out.normalized[0], np.float32)
+        if key == "a":
+            result = InferenceResult(
+                actions=out.actions[0], normalized=out.normalized[0],
+                state=np.asarray(obs.state, np.float64), t_obs=obs.timestamp,
+                latency_s=rec.latency_ms[key] * 1e-3, request_id=request_id,
+                backend=policy.cfg.spec.label(), timings_ms=out.timings_ms,
+                truncated_prompt=bool(out.truncated_prompt and out.truncated_prompt[0]),
+                guided=prepared.guidance is not None)
+    if prepared.guidance is not None:
+        rec.target = prepared.guidance.target[0].numpy()
+    return rec, result

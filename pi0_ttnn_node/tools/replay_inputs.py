@@ -1,55 +1,21 @@
 """Which bag topics feed which model inputs: node defaults, then the node's params YAML, then flags.
 
-Names and defaults are the node's (`ros/params.py`; a test keeps them equal), read here without
-rclpy so replay runs on machines without ROS. Relative topics resolve against `--namespace` (`/`),
-`~/x` against the node name, like rclpy does; a camera topic missing from the bag is replaced by
-`<topic>/compressed` when that holds CompressedImage. Counterpart: tools/replay.py.
+Names and defaults are the node's own table (control/parameters.py, no rclpy needed) and the same
+params YAML files the node is launched with; nothing here keeps a copy. Relative topics resolve
+against `--namespace` (`/`), `~/x` against the node name, like rclpy does; a camera topic missing
+from the bag is replaced by `<topic>/compressed` when that holds CompressedImage. Counterpart:
+tools/replay.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import yaml
 
 from pi0_ttnn_node.bag_tools import (COMPRESSED, IMAGE, JOINT_STATE, STRING, BagReader,
                                      BagTopicError)
+from pi0_ttnn_node.control.parameters import NODE_NAME, node_values, shipped_params_file
 from pi0_ttnn_node.errors import ConfigError
-
-NODE_NAME = "pi0_ttnn_node"
-# the node parameters replay uses, with the node's defaults (ros/params.py PARAMETERS)
-NODE_DEFAULTS: Dict[str, Any] = {
-    "control_rate_hz": 50.0,
-    "cameras.names": ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"],
-    "cameras.topics": ["cam_high/image_raw", "cam_left_wrist/image_raw",
-                       "cam_right_wrist/image_raw"],
-    "cameras.required": [True, False, False],
-    "cameras.primary": "",
-    "joint_states.topics": ["joint_states"],
-    "state.joint_names": [],
-    "action.joint_names": [],
-    "action.dims": [],
-    "action.space": "absolute_position",
-    "instruction.default": "",
-    "schedule.mode": "async",
-    "schedule.execute_steps": 25,
-    "schedule.margin_steps": 2,
-    "schedule.max_delay_steps": 20,
-    "merge.mode": "replace",
-    "merge.blend_steps": 5,
-    "sync.max_image_age_s": 0.25,
-    "sync.max_state_age_s": 0.1,
-    "sync.max_camera_skew_s": 0.05,
-    "policy.checkpoint_dir": "",
-    "policy.model_type": "auto",
-    "policy.num_steps": 0,
-    "limits.position_lower": [],
-    "limits.position_upper": [],
-    "limits.max_velocity": [],
-    "limits.max_start_jump": 0.3,
-}
 
 
 @dataclass(frozen=True)
@@ -76,42 +42,12 @@ class ReplayInputs:
         return out + ([self.instruction_topic] if self.instruction_topic else [])
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def load_params_file(path: "str | Path", node_name: str = NODE_NAME) -> Dict[str, Any]:
-    """`<node>: ros__parameters:` (or `/**:`) of a node params YAML, flattened to dotted names."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read params file {path}: {err}") from err
-    if not isinstance(doc, dict):
-        raise ConfigError(f"params file {path} is not a YAML mapping")
-    for key in (node_name, "/" + node_name, "/**"):
-        section = doc.get(key)
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            return _flatten(section["ros__parameters"])
-    raise ConfigError(f"params file {path} has no '{node_name}: ros__parameters:' section; "
-                      f"top-level keys: {list(doc)}")
-
-
-def node_values(params_file: Optional[str], node_name: str,
-                overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """Node defaults, then the params file, then the command-line overrides (non-None)."""
-    values = dict(NODE_DEFAULTS)
-    if params_file:
-        values.update({k: v for k, v in load_params_file(params_file, node_name).items()
-                       if k in NODE_DEFAULTS})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return values
+def replay_values(params_files: Sequence[str], node_name: str,
+                  overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """The node's defaults, the shipped params file, each --params-file, then the CLI flags:
+    the values a node launched with the same files would read (control/parameters.py)."""
+    files = [str(shipped_params_file())] + list(params_files)
+    return node_values(files, node_name, overrides)
 
 
 def resolve_topic(name: str, node_name: str = NODE_NAME, namespace: str = "/") -> str:
@@ -170,6 +106,9 @@ def resolve_inputs(values: Dict[str, Any], bag: BagReader, node_name: str, names
                           "checkpoint's state size)")
     action = list(values["action.joint_names"]) or state[:action_dim]
     dims = [int(d) for d in values["action.dims"]] or list(range(len(action)))
+    # what the bag told us becomes the node configuration replay runs with
+    values.update({"state.joint_names": state, "action.joint_names": action,
+                   "action.dims": dims})
     missing = [j for j in action if j not in state]
     if missing or len(dims) != len(action) or max(dims) >= action_dim:
         raise ConfigError(f"action joints {action} (dims {dims}) must be state joints (missing "

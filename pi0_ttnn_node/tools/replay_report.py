@@ -27,6 +27,12 @@ class TickRecord:
     state: np.ndarray  # [n] measured positions of the action joints at t_obs
     chunks: Dict[str, np.ndarray] = field(default_factory=dict)  # backend key -> [H, n]
     latency_ms: Dict[str, float] = field(default_factory=dict)
+    request_id: int = -1
+    delay_steps: int = 0  # RTC's frozen prefix d for this inference (0 without guidance)
+    normalized: Dict[str, np.ndarray] = field(default_factory=dict)  # key -> [H, max_action_dim]
+    target: Optional[np.ndarray] = None  # RTC's Y [H, max_action_dim] when guided
+    accepted: Optional[bool] = None  # backend A's chunk taken by the queue (None: not yet due)
+    boundary_jump: float = float("nan")  # max |new - old command| at its switch (robot units)
 
 
 def pcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,12 +88,14 @@ def divergence(records: Sequence[TickRecord], joint_names: Sequence[str], thresh
 
 def write_plots(out_dir: Path, records: Sequence[TickRecord], labels: Dict[str, str],
                 joint_names: Sequence[str], dt: float, t0: float,
-                div: Optional[Dict[str, Any]]) -> List[str]:
-    """actions.png, latency.png and (with two backends) divergence.png; return their paths."""
+                div: Optional[Dict[str, Any]], trace: Any = None) -> List[str]:
+    """actions.png (chunks, the commanded positions and the chunk switches), latency.png and
+    (with two backends) divergence.png; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
-    paths = [_plot_actions(out_dir / "actions.png", records, labels, joint_names, dt, t0),
+    paths = [_plot_actions(out_dir / "actions.png", records, labels, joint_names, dt, t0,
+                           trace),
              _plot_latency(out_dir / "latency.png", records, labels)]
     if div and div.get("compared_ticks"):
         paths.append(_plot_divergence(out_dir / "divergence.png", div, labels, t0))
@@ -95,8 +103,10 @@ def write_plots(out_dir: Path, records: Sequence[TickRecord], labels: Dict[str, 
 
 
 def _plot_actions(path: Path, records: Sequence[TickRecord], labels: Dict[str, str],
-                  joint_names: Sequence[str], dt: float, t0: float) -> str:
+                  joint_names: Sequence[str], dt: float, t0: float, trace: Any = None) -> str:
     import matplotlib.pyplot as plt
+
+    commands = np.array(trace.commands) if trace is not None and trace.commands else None
 
     n = len(joint_names)
     cols = 2 if n > 3 else 1
@@ -116,12 +126,18 @@ def _plot_actions(path: Path, records: Sequence[TickRecord], labels: Dict[str, s
                 ax.plot(times[~played] - t0, chunk[~played, j], color=COLORS[key], lw=0.6,
                         alpha=0.2, ls=ls)
         ax.plot([r.t_obs - t0 for r in records], [r.state[j] for r in records], "k.", ms=3)
+        if commands is not None:
+            ax.plot(np.array(trace.times) - t0, commands[:, j], color="0.3", lw=0.8)
+            for t in trace.switch_times:
+                ax.axvline(t - t0, color="0.6", lw=0.5, ls=":")
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=COLORS[k], ls="-" if k == "a" else "--", label=v)
                for k, v in labels.items()]
     handles.append(plt.Line2D([], [], color="k", marker=".", ls="", label="measured state"))
+    if commands is not None:
+        handles.append(plt.Line2D([], [], color="0.3", label="commanded (switches dotted)"))
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
     fig.supxlabel("bag time [s]")
     fig.tight_layout(rect=(0, 0, 1, 0.95))

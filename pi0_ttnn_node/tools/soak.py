@@ -1,8 +1,8 @@
 """Soak benchmark: thousands of 50 Hz control ticks on simulated time through the node's own core.
 
-Drives the same ObservationAssembler, JointStateCache, ActionScheduler, TrajectoryLimiter and
-InferenceWorker the node uses, with random camera drops, joint-state gaps, instruction changes
-and backend toggles (torch float32 <-> bfloat16 by default). Inference runs for real; its
+Drives the node's ControlCore (control/pipeline.py) and InferenceWorker, configured from the node's
+parameter table and shipped params file, with random camera drops, joint-state gaps, instruction
+changes and backend toggles (torch float32 <-> bfloat16 by default). Inference runs for real; its
 simulated latency is 2-5 ticks. Checks every published point (finite, inside limits) and reports
 holds by reason, RSS growth after warm-up and thread counts. Counterpart: ros/node.py.
 """
@@ -19,16 +19,17 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
-from pi0_ttnn_node.backends import BackendOptions
+from pi0_ttnn_node.backends import BackendSpec, TorchSpec
 from pi0_ttnn_node.checkpoint import load_checkpoint
+from pi0_ttnn_node.control.node_config import build_node_config
+from pi0_ttnn_node.control.parameters import node_values, shipped_params_file
+from pi0_ttnn_node.control.pipeline import ControlCore, make_assembler
+from pi0_ttnn_node.control.safety import Limits
 from pi0_ttnn_node.embedded import ensure_embedded_checkpoint
 from pi0_ttnn_node.image_conversion import raw_image_decoder
-from pi0_ttnn_node.joint_mapping import JointStateCache
-from pi0_ttnn_node.observation_sync import ObservationAssembler, SyncConfig
 from pi0_ttnn_node.policy import Pi0Policy, PolicyConfig
 from pi0_ttnn_node.ros.inference_worker import InferenceWorker
-from pi0_ttnn_node.safety import Limits, TrajectoryLimiter, to_absolute
+from pi0_ttnn_node.ttnn_backend.ttnn_config import TtRuntimeConfig
 
 CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 JOINTS = [f"joint_{i}" for i in range(1, 8)] + ["gripper"]
@@ -110,15 +111,23 @@ class Soak:
         self.dt = 1.0 / cfg.rate_hz
         self.path = ensure_embedded_checkpoint("pi0")
         self.checkpoint = load_checkpoint(self.path)
-        # the random demo model's actions are far from any state: a start jump up to the box width
-        # is allowed, and the velocity limit ramps the arm there
-        self.limits = Limits.create([-2.0] * 7, [2.0] * 7, [3.0] * 7, 4.0)
-        self.scheduler = ActionScheduler(ScheduleConfig(control_rate_hz=cfg.rate_hz), 7,
-                                         TrajectoryLimiter(self.limits), LatencyTracker())
-        self.joints = JointStateCache(JOINTS, history_s=1.0)
-        self.assembler = ObservationAssembler(CAMERAS, [True, False, False], CAMERAS[0],
-                                              self.joints, SyncConfig(),
-                                              lambda text: self.scheduler.reset("instruction"))
+        # the node's shipped parameters, except: the random demo model's actions are far from any
+        # state, so a start jump up to the box width is allowed and the velocity limit ramps there
+        values = node_values([str(shipped_params_file())], overrides={
+            "control_rate_hz": cfg.rate_hz, "cameras.names": list(CAMERAS),
+            "state.joint_names": JOINTS, "action.joint_names": JOINTS[:7],
+            "limits.position_lower": [-2.0] * 7, "limits.position_upper": [2.0] * 7,
+            "limits.max_velocity": [3.0] * 7, "limits.max_start_jump": 4.0,
+            "instruction.default": "", "policy.noise_seed": cfg.seed})
+        self.node_config = build_node_config(values)
+        self.limits = self.node_config.limits
+        model = self.checkpoint.config
+        self.assembler = make_assembler(self.node_config,
+                                        lambda text: self.core.reset("instruction"))
+        self.joints = self.assembler.joints
+        self.core = ControlCore(self.node_config, model.chunk_size, self.assembler,
+                                model.max_action_dim)
+        self.scheduler = self.core.scheduler
         self.assembler.set_instruction(INSTRUCTIONS[0])
         self.frames = [self.rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(4)]
         self.report = SoakReport()
@@ -126,24 +135,23 @@ class Soak:
         self.state = np.zeros(8)
         self._done = threading.Event()
         self._result = None
-        self.worker = InferenceWorker(self._make_policy, self._warmup, self._build,
+        self.worker = InferenceWorker(self._make_policy, self._warmup, self.core.prepare,
                                       self._on_result, self._on_reject, self._on_failure,
                                       lambda div: None, self._on_backend)
 
     # ---- worker side ----------------------------------------------------------------------------
-    def _make_policy(self, spec: str) -> Pi0Policy:
-        backend = "ttnn" if spec == "ttnn" else "torch"
-        options = BackendOptions(torch_dtype=spec if backend == "torch" else "float32",
-                                 torch_threads=self.cfg.torch_threads, ttnn_emulate=True)
-        cfg = PolicyConfig(str(self.path), backend=backend, num_steps=self.cfg.num_steps,
-                           noise_seed=self.cfg.seed, options=options)
+    def _make_policy(self, name: str) -> Pi0Policy:
+        """`name`: a torch dtype, or "ttnn" (on its CPU emulation)."""
+        backend = "ttnn" if name == "ttnn" else "torch"
+        spec = BackendSpec(backend, TorchSpec(dtype=name if backend == "torch" else "float32",
+                                              threads=self.cfg.torch_threads),
+                           TtRuntimeConfig(emulate=True))
+        cfg = PolicyConfig(str(self.path), spec=spec, num_steps=self.cfg.num_steps,
+                           noise_seed=self.cfg.seed)
         return Pi0Policy.load(cfg, checkpoint=self.checkpoint)
 
     def _warmup(self, policy: Pi0Policy) -> List[float]:
         return []
-
-    def _build(self):
-        return self.assembler.build(self.now)
 
     def _on_result(self, result) -> None:
         self._result = result
@@ -172,7 +180,6 @@ class Soak:
             warm = max(warm, cfg.toggle_every * len(specs) + 100)
         rep.warmup_ticks = warm
         camera_off = joints_off = 0
-        pending = None  # (due time, result)
         t_start = time.perf_counter()
         for k in range(cfg.ticks):
             self.now += self.dt
@@ -188,12 +195,7 @@ class Soak:
             joints_off = max(joints_off - 1, 0) or (
                 int(self.rng.integers(5, 30)) if self.rng.random() < cfg.joint_gap_p else 0)
             self._publish_inputs(camera_off > 0, joints_off > 0)
-            if pending is not None and self.now >= pending[0]:
-                self._deliver(pending[1])
-                pending = None
             self._control_tick()
-            if pending is None and self.scheduler.should_request_inference(self.now):
-                pending = self._infer()
             if k >= warm and k % 250 == 0:
                 rep.rss_mb_max = max(rep.rss_mb_max, proc_status("VmRSS") / 1024)
                 threads = proc_status("Threads")
@@ -225,43 +227,41 @@ class Soak:
 
     def _control_tick(self) -> None:
         rep = self.report
-        start = self.scheduler.current_command(self.now)
-        traj = self.scheduler.tick(self.now)
+        tick = self.core.tick(self.now)
+        rep.chunks_accepted += sum(a.report.accepted for a in tick.accepted)
+        start = self.core.current_command(self.now)
+        traj = tick.trajectory
         if traj is None:
             if start is not None:  # the node publishes a one-point hold at the current command
                 rep.unsafe_commands += unsafe_points(start[None, :], np.zeros((1, 7)),
                                                      np.array([self.now + self.dt]), start,
                                                      self.limits, self.now)
-            return
-        rep.published_trajectories += 1
-        rep.unsafe_commands += unsafe_points(traj.positions, traj.velocities, traj.times,
-                                             start, self.limits, self.now)
-        self.state[:7] = traj.positions[0]  # an ideal controller reaches the first point
+        else:
+            rep.published_trajectories += 1
+            rep.unsafe_commands += unsafe_points(traj.positions, traj.velocities, traj.times,
+                                                 start, self.limits, self.now)
+            self.state[:7] = traj.positions[0]  # an ideal controller reaches the first point
+        if tick.request_id is not None:
+            self._infer(tick.request_id)
 
-    def _infer(self):
+    def _infer(self, request_id: int) -> None:
+        """Run the request on the worker (waiting for it); the result lands 2-5 ticks later."""
         while self.worker.busy:  # the worker clears its flag just after the callback returns
             time.sleep(1e-4)
-        request_id = self.scheduler.mark_inference_started(self.now)
         self._done.clear()
         if not self.worker.request_inference(request_id):
-            self.scheduler.on_inference_failed(request_id)
-            return None
+            self.core.on_failed(request_id)
+            return
         if not self._done.wait(600):
             raise RuntimeError("the inference worker did not answer within 600 s")
         result = self._result
         if isinstance(result, tuple):
-            self.scheduler.on_inference_failed(request_id)
+            self.core.on_failed(request_id, "inference_skipped" if result[2] == "no_new_frame"
+                                else "inference_failed")
             self.report.inference_failures += int(result[0] == "failure")
-            return None
+            return
         self.report.inferences += 1
-        return self.now + self.dt * int(self.rng.integers(2, 6)), result
-
-    def _deliver(self, result) -> None:
-        actions = np.asarray(result.actions, dtype=np.float64)[:, :7]
-        chunk = to_absolute("absolute_position", actions, result.state[:7], self.dt)
-        report = self.scheduler.on_chunk(chunk, result.t_obs, self.now, result.request_id,
-                                         current_state=result.state[:7])
-        self.report.chunks_accepted += int(report.accepted)
+        self.core.on_result(result, self.now + self.dt * int(self.rng.integers(2, 6)))
 
 
 def print_report(rep: SoakReport) -> None:

@@ -15,6 +15,7 @@ import torch
 from pi0_ttnn_node.checkpoint import LoadedCheckpoint
 from pi0_ttnn_node.errors import BackendUnavailableError, ConfigError
 from pi0_ttnn_node.preprocessing import ModelInputs
+from pi0_ttnn_node.rtc import RtcGuidance
 from pi0_ttnn_node.torch_backend.torch_pi0_model import PI0Model
 
 LOG = logging.getLogger(__name__)
@@ -38,14 +39,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, checkpoint: LoadedCheckpoint, options: Any) -> None:
-        if options.torch_dtype not in _DTYPES:
-            raise ConfigError(f"torch_dtype {options.torch_dtype!r} is not supported; expected one "
+    def __init__(self, checkpoint: LoadedCheckpoint, torch_spec: Any) -> None:
+        """`torch_spec`: backends.TorchSpec (device, dtype, threads)."""
+        if torch_spec.dtype not in _DTYPES:
+            raise ConfigError(f"torch dtype {torch_spec.dtype!r} is not supported; expected one "
                               f"of {sorted(_DTYPES)}")
-        if options.torch_threads > 0:
-            torch.set_num_threads(options.torch_threads)
-        self.device = resolve_torch_device(options.torch_device)
-        self.dtype = _DTYPES[options.torch_dtype]
+        if torch_spec.threads > 0:
+            torch.set_num_threads(torch_spec.threads)
+        self.device = resolve_torch_device(torch_spec.device)
+        self.dtype = _DTYPES[torch_spec.dtype]
         self.config = checkpoint.config
         with torch.device("meta"):  # no init pass and no second copy of multi-GB weights
             model = PI0Model(self.config)
@@ -55,19 +57,21 @@ class TorchBackend:
             model.cast_like_lerobot(self.dtype)
         self.model = model.eval()
         LOG.info("torch backend ready: %s on %s (%s)", self.config.model_type, self.device,
-                 options.torch_dtype)
+                 torch_spec.dtype)
 
     def describe(self) -> Dict[str, Any]:
         return {"backend": "torch", "device": str(self.device), "dtype": str(self.dtype),
                 "emulated": False, "model_type": self.config.model_type}
 
     def sample_actions(self, inputs: ModelInputs, noise: torch.Tensor,
-                       num_steps: Optional[int] = None) -> np.ndarray:
+                       num_steps: Optional[int] = None,
+                       guidance: Optional[RtcGuidance] = None) -> np.ndarray:
+        """`guidance` (rtc.RtcGuidance, method forward or vjp) runs the RTC-guided loop."""
         x = inputs.to(self.device, torch.float32)  # the model casts where its weights are bf16
         state = None if self.config.is_pi05 else x.state
         actions = self.model.sample_actions(
             x.images, x.img_masks, x.lang_tokens, x.lang_masks, state,
-            noise=noise.to(self.device, torch.float32), num_steps=num_steps)
+            noise=noise.to(self.device, torch.float32), num_steps=num_steps, guidance=guidance)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return actions.float().cpu().numpy()

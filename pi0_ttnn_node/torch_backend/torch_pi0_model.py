@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pi0_ttnn_node.config import PI0Config
 from pi0_ttnn_node.errors import ObservationError
+from pi0_ttnn_node.rtc import RtcGuidance
 from pi0_ttnn_node.torch_backend.torch_denoise import StepCallback, euler_integrate, sample_noise
 from pi0_ttnn_node.torch_backend.torch_gemma import GemmaModel
 from pi0_ttnn_node.torch_backend.torch_paligemma import PaliGemmaWithExpert, PrefixKVCache
@@ -93,17 +94,33 @@ class PI0Model(nn.Module):
         """Velocity v_t [B, chunk_size, max_action_dim] (fp32) at x_t and t [B]."""
         return self.suffix.project_output(self.expert_hidden(cache, state, x_t, timestep))
 
-    @torch.inference_mode()
     def sample_actions(self, images: Sequence[Tensor], img_masks: Sequence[Tensor],
                        lang_tokens: Tensor, lang_masks: Tensor, state: Optional[Tensor], *,
                        noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
                        num_steps: Optional[int] = None,
-                       step_callback: Optional[StepCallback] = None) -> Tensor:
+                       step_callback: Optional[StepCallback] = None,
+                       guidance: Optional[RtcGuidance] = None) -> Tensor:
         """Return the normalised, padded action chunk [B, chunk_size, max_action_dim] (fp32).
 
         `state` is ignored by PI0.5 (its state is in the prompt). Without `noise`, fresh noise is
-        drawn on every call (from `generator` when given).
+        drawn on every call (from `generator` when given). `guidance` (rtc.RtcGuidance) runs the
+        RTC-guided loop; an inactive one (beta = 0 or W = 0) runs the plain one, bit for bit.
+        Runs under inference_mode, except RTC `vjp`, which needs autograd through the expert
+        (no_grad then, with gradients enabled per step for x_t only; the prefix K/V stay fixed).
         """
+        if guidance is not None:
+            guidance.check_shape(lang_tokens.shape[0], self.config.chunk_size,
+                                 self.config.max_action_dim)
+        needs_grad = guidance is not None and guidance.active and guidance.method == "vjp"
+        with torch.no_grad() if needs_grad else torch.inference_mode():
+            return self._sample(images, img_masks, lang_tokens, lang_masks, state, noise,
+                                generator, num_steps, step_callback, guidance)
+
+    def _sample(self, images: Sequence[Tensor], img_masks: Sequence[Tensor], lang_tokens: Tensor,
+                lang_masks: Tensor, state: Optional[Tensor], noise: Optional[Tensor],
+                generator: Optional[torch.Generator], num_steps: Optional[int],
+                step_callback: Optional[StepCallback],
+                guidance: Optional[RtcGuidance]) -> Tensor:
         cfg = self.config
         batch = lang_tokens.shape[0]
         shape = (batch, cfg.chunk_size, cfg.max_action_dim)
@@ -118,4 +135,4 @@ class PI0Model(nn.Module):
         cache = self.prefill(prefix_embs, prefix_pad, prefix_att)
         return euler_integrate(lambda x_t, t: self.denoise_step(cache, state, x_t, t), noise,
                                cfg.num_inference_steps if num_steps is None else num_steps,
-                               step_callback)
+                               step_callback, guidance)

@@ -1,7 +1,8 @@
 """TTNN backend: PI0ModelTTNN on a Tenstorrent card, or on the CPU emulation when asked for.
 
-Counterpart of torch_backend/backend.py. The device is opened once (runtime.py) with the
-`ttnn_*` options, weights are converted once and stay resident; each call uploads the observation
+Counterpart of torch_backend/backend.py. The device is opened once (runtime.py) with the typed
+TtRuntimeConfig (ttnn_config.py: every `policy.ttnn_*` knob, resolved from a preset), weights are
+converted once and stay resident; each call uploads the observation
 once and downloads the chunk once. The emulation is only used with `ttnn_emulate: true`, and
 `describe()` says so.
 """
@@ -17,21 +18,10 @@ import torch
 from pi0_ttnn_node.checkpoint import LoadedCheckpoint
 from pi0_ttnn_node.errors import BackendUnavailableError
 from pi0_ttnn_node.preprocessing import ModelInputs
-from pi0_ttnn_node.ttnn_backend.runtime import TtRuntimeConfig, open_tt_device
+from pi0_ttnn_node.ttnn_backend.runtime import open_tt_device
+from pi0_ttnn_node.ttnn_backend.ttnn_config import TtRuntimeConfig
 
 LOG = logging.getLogger(__name__)
-
-
-def runtime_config_from_options(options: Any) -> TtRuntimeConfig:
-    """Map BackendOptions.ttnn_* onto the runtime config (extra keys may set fidelities)."""
-    extra = dict(getattr(options, "extra", {}) or {})
-    known = {k: extra[k] for k in ("matmul_fidelity", "sdpa_fidelity", "fp32_dest_acc",
-                                   "emulated_board", "activation_dtype") if k in extra}
-    return TtRuntimeConfig(
-        device_id=options.ttnn_device_id, l1_small_size=options.ttnn_l1_small_size,
-        trace_region_size=options.ttnn_trace_region_size if options.ttnn_use_trace else 0,
-        num_command_queues=options.ttnn_num_command_queues, emulate=options.ttnn_emulate,
-        weight_dtype=options.ttnn_weight_dtype, use_trace=options.ttnn_use_trace, **known)
 
 
 class TtnnBackend:
@@ -39,9 +29,13 @@ class TtnnBackend:
 
     name = "ttnn"
 
-    def __init__(self, checkpoint: LoadedCheckpoint, options: Any) -> None:
+    def __init__(self, checkpoint: LoadedCheckpoint, runtime_config: TtRuntimeConfig) -> None:
+        if not isinstance(runtime_config, TtRuntimeConfig):
+            raise TypeError(f"TtnnBackend takes a ttnn_config.TtRuntimeConfig, got "
+                            f"{type(runtime_config).__name__}; build one with "
+                            "resolve_runtime_config(preset, overrides)")
         self.config = checkpoint.config
-        self.runtime_config = runtime_config_from_options(options)
+        self.runtime_config = runtime_config
         self.handle = open_tt_device(self.runtime_config)
         try:
             from pi0_ttnn_node.ttnn_backend.ttnn_pi0_model import PI0ModelTTNN
@@ -52,9 +46,11 @@ class TtnnBackend:
             self.handle.close()
             raise
         level = logging.WARNING if self.handle.is_emulated else logging.INFO
-        LOG.log(level, "ttnn backend ready: %s on %s (%s weights, trace %s)%s",
-                self.config.model_type, self.handle, self.runtime_config.weight_dtype,
-                "on" if self.runtime_config.use_trace else "off",
+        rc = self.runtime_config
+        LOG.log(level, "ttnn backend ready: %s on %s (weights vision/vlm/expert %s/%s/%s, "
+                "trace %s, %d CQ)%s", self.config.model_type, self.handle,
+                rc.weight_dtype_vision, rc.weight_dtype_vlm, rc.weight_dtype_expert, rc.trace,
+                rc.num_command_queues,
                 " -- CPU EMULATION, NOT A TENSTORRENT CARD" if self.handle.is_emulated else "")
 
     @property
@@ -68,17 +64,22 @@ class TtnnBackend:
             device = ("EMULATED (CPU, not a Tenstorrent card; timings are not hardware timings) "
                       f"{rc.emulated_board}")
         return {"backend": "ttnn", "device": device, "emulated": self.is_emulated,
-                "weight_dtype": rc.weight_dtype, "matmul_fidelity": rc.matmul_fidelity,
-                "trace": rc.use_trace, "model_type": self.config.model_type}
+                "model_type": self.config.model_type, "trace": rc.trace,
+                "num_command_queues": rc.num_command_queues,
+                "weight_dtypes": {"vision": rc.weight_dtype_vision, "vlm": rc.weight_dtype_vlm,
+                                  "expert": rc.weight_dtype_expert, "heads": rc.weight_dtype_heads},
+                "fidelities": {"vision": rc.fidelity_vision, "prefill": rc.fidelity_prefill,
+                               "denoise": rc.fidelity_denoise, "sdpa": rc.fidelity_sdpa}}
 
     def sample_actions(self, inputs: ModelInputs, noise: torch.Tensor,
-                       num_steps: Optional[int] = None) -> np.ndarray:
+                       num_steps: Optional[int] = None, guidance: Any = None) -> np.ndarray:
+        """Action chunk [B, chunk, max_action_dim]; `guidance`: rtc.RtcGuidance or None."""
         if self.model is None:
             raise BackendUnavailableError("the ttnn backend was closed; create a new one")
         state = None if self.config.is_pi05 else inputs.state
         actions = self.model.sample_actions(inputs.images, inputs.img_masks, inputs.lang_tokens,
                                             inputs.lang_masks, state, noise=noise,
-                                            num_steps=num_steps)
+                                            num_steps=num_steps, guidance=guidance)
         return actions.numpy()
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ from typing import Any, Dict
 
 import torch
 
-from pi0_ttnn_node.ttnn_backend.emulated_ops import TILE, _finish, _golden, _signature, torch_of, wrap
+from pi0_ttnn_node.ttnn_backend import emulated_numerics as numerics
+from pi0_ttnn_node.ttnn_backend.emulated_ops import (SDPA_DEFAULT_FIDELITY, TILE, _finish, _golden, _is_fp32,
+                                                     _signature, torch_of, wrap)
 
 
 def op_nlp_create_qkv_heads(dev: Any, a: Dict[str, Any]) -> Any:
@@ -40,7 +42,9 @@ def op_nlp_create_qkv_heads(dev: Any, a: Dict[str, Any]) -> Any:
         heads[1] = heads[1].transpose(-1, -2)
     dev.count(name, 0, _signature([t], dev))
     layout = dev.ttnn.TILE_LAYOUT
-    return tuple(wrap(dev, h.contiguous(), t.dtype, layout, a.get("memory_config")) for h in heads)
+    out = tuple(wrap(dev, h.contiguous(), t.dtype, layout, a.get("memory_config")) for h in heads)
+    dev.record_op(name, [t], list(out), 0)
+    return out
 
 
 def op_nlp_concat_heads(dev: Any, a: Dict[str, Any]) -> Any:
@@ -75,14 +79,31 @@ def op_rotary_embedding(dev: Any, a: Dict[str, Any]) -> Any:
 def op_sdpa(dev: Any, a: Dict[str, Any]) -> Any:
     name = "transformer.scaled_dot_product_attention"
     q, k, v = a["input_tensor_q"], a["input_tensor_k"], a["input_tensor_v"]
-    qt, kt, vt = torch_of(dev, [q, k, v], name)
-    mask = torch_of(dev, a.get("attn_mask"), name)
+    if dev.skip_matmul_math:  # shape-only recording: no operand reads either
+        qt, kt, vt = (torch.zeros(()).expand(*(int(d) for d in t.shape)) for t in (q, k, v))
+        mask = None
+    else:
+        qt, kt, vt = torch_of(dev, [q, k, v], name)
+        mask = torch_of(dev, a.get("attn_mask"), name)
     if qt.dim() != 4 or kt.shape != vt.shape or qt.shape[1] % kt.shape[1]:
         raise RuntimeError(f"ttnn.{name}: want q [B,Hq,Sq,D], k=v [B,Hkv,Sk,D] with Hq % Hkv == 0; "
                            f"got {list(qt.shape)}, {list(kt.shape)}, {list(vt.shape)}")
     if mask is not None and tuple(mask.shape[-2:]) != (qt.shape[2], kt.shape[2]):
         raise RuntimeError(f"ttnn.{name}: attn_mask {list(mask.shape)} must end in [Sq, Sk] = "
                            f"[{qt.shape[2]}, {kt.shape[2]}]")
-    out = _golden(dev, name)(qt, kt, vt, attn_mask=mask, is_causal=bool(a["is_causal"]), scale=a.get("scale"))
+    config = a.get("compute_kernel_config")
+    kernel = (numerics.fidelity_name(config, SDPA_DEFAULT_FIDELITY), numerics.fp32_acc(config))
+    override = getattr(a.get("program_config"), "matmul_math_fidelity", None)
+    if override is not None:  # SDPAProgramConfig can pin the matmuls' fidelity
+        kernel = (numerics.fidelity_name(type("Cfg", (), {"math_fidelity": override}), kernel[0]), kernel[1])
+    scale = a.get("scale")
+    scale = float(scale) if scale is not None else qt.shape[-1] ** -0.5
     batch, heads, s_q, depth = qt.shape
-    return _finish(dev, name, out, q, a, 4 * batch * heads * s_q * kt.shape[2] * depth, inputs=[q, k, v])
+    if dev.skip_matmul_math:  # shape-only recording for the cost model
+        out = torch.zeros(batch, heads, s_q, vt.shape[-1])
+    else:
+        out = numerics.card_sdpa(qt, kt, vt, mask, scale=scale, is_causal=bool(a["is_causal"]),
+                                 fidelity=kernel[0], fp32_dest=kernel[1],
+                                 fp32_inputs=tuple(_is_fp32(dev, t) for t in (q, k, v)))
+    return _finish(dev, name, out, q, a, 4 * batch * heads * s_q * kt.shape[2] * depth, inputs=[q, k, v],
+                   kernel=kernel)

@@ -10,11 +10,21 @@ The transformer ops live in emulated_attention_ops.py.
 from __future__ import annotations
 
 import math
+from math import prod as math_prod
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
+from pi0_ttnn_node.ttnn_backend import emulated_numerics as numerics
+
 TILE = 32
+# ttnn's math fidelity when an op gets no compute_kernel_config: matmul / linear use
+# init_device_compute_kernel_config's default (LoFi, fp32_dest_acc_en False; ttnn
+# compute_kernel_config.hpp), reductions HiFi4, SDPA HiFi2; eltwise binary programs run HiFi4.
+MATMUL_DEFAULT_FIDELITY = "LoFi"
+REDUCE_DEFAULT_FIDELITY = "HiFi4"
+SDPA_DEFAULT_FIDELITY = "HiFi2"
+ELTWISE_FIDELITY = "HiFi4"
 # Ops with no usable golden in ttnn 0.81.1 (none, or one that cannot take our arguments):
 EXPLICIT_OPS = (
     "transfers (from_torch/as_tensor/to_torch/to_device/from_device/copy_host_to_device_tensor)",
@@ -23,6 +33,7 @@ EXPLICIT_OPS = (
     "experimental.nlp_create_qkv_heads", "experimental.nlp_concat_heads",
     "experimental.rotary_embedding without token_index (prefill; the golden only handles decode)",
     "trace capture/replay, synchronize_device, close_device",
+    "fill_cache (in-place rows of a device tensor), record_event/wait_for_event (queue ids checked)",
 )
 # Ops that real ttnn also runs on host tensors (checked in 0.81.1 under the mock cluster).
 HOST_OK = {"from_torch", "to_torch", "as_tensor", "to_device", "from_device", "deallocate", "to_layout", "reshape",
@@ -77,10 +88,15 @@ def _signature(tensors: Sequence[Any], dev: Any) -> tuple:
 
 
 def _finish(dev: Any, name: str, out: torch.Tensor, ref: Any, a: Dict[str, Any], flops: int,
-            layout: Any = None, inputs: Sequence[Any] = ()) -> Any:
-    """Count the op and wrap `out` with the op's output dtype (dtype= or the input's) and layout."""
+            layout: Any = None, inputs: Sequence[Any] = (), kernel: Any = None) -> Any:
+    """Count the op and wrap `out` with the op's output dtype (dtype= or the input's) and layout.
+
+    `kernel`: (fidelity, fp32 Dest) the op ran with, for the op record of the cost model.
+    """
     dev.count(name, flops, _signature(inputs or [ref], dev))
-    return wrap(dev, out, a.get("dtype") or ref.dtype, layout or ref.layout, a.get("memory_config"))
+    result = wrap(dev, out, a.get("dtype") or ref.dtype, layout or ref.layout, a.get("memory_config"))
+    dev.record_op(name, inputs or [ref], [result], flops, kernel)
+    return result
 
 
 def _kw(a: Dict[str, Any], *names: str) -> Dict[str, Any]:
@@ -93,6 +109,7 @@ def _upload(dev: Any, host: Any, memory_config: Any, what: str) -> Any:
     tensor = dev.tensor_type(host, dev, memory_config or dev.ttnn.DRAM_MEMORY_CONFIG)
     dev.stats.uploads += 1
     dev.stats.upload_bytes += nbytes(host)
+    dev.record_op("upload", [], [tensor], 0)
     return tensor
 
 
@@ -101,6 +118,7 @@ def _download(dev: Any, tensor: Any, what: str) -> Any:
     torch_of(dev, tensor, what)  # same validity checks as an op input
     dev.stats.downloads += 1
     dev.stats.download_bytes += nbytes(tensor)
+    dev.record_op("download", [tensor], [], 0)
     return tensor._host
 
 
@@ -144,8 +162,9 @@ def op_from_device(dev: Any, a: Dict[str, Any]) -> Any:
 
 def op_deallocate(dev: Any, a: Dict[str, Any]) -> None:
     tensor = a["tensor"]
-    if dev.is_device_tensor(tensor):
+    if dev.is_device_tensor(tensor) and not tensor._deallocated:
         tensor._deallocated = True
+        dev.budget.free(tensor)
 
 
 # -- layout, dtype, copies -----------------------------------------------------------------------
@@ -177,7 +196,8 @@ def op_copy(dev: Any, a: Dict[str, Any]) -> Any:
     if list(src.shape) != list(dst.shape):
         raise RuntimeError(f"ttnn.copy: source shape {list(src.shape)} != destination shape {list(dst.shape)}")
     dev.count("copy", 0, _signature([src, dst], dev))
-    dst._host = wrap(dev, value, dst.dtype, dst.layout)._host
+    dev.record_op("copy", [src], [dst], 0)
+    dst._host = dev.originals["from_torch"](value.contiguous(), dtype=dst.dtype, layout=dst.layout)
     return dst
 
 
@@ -255,14 +275,49 @@ def _matmul(name: str) -> Callable:
         for t in (x, w):
             if t.layout != dev.ttnn.TILE_LAYOUT:
                 raise RuntimeError(f"ttnn.{name}: inputs must be TILE_LAYOUT on a card; got {t.layout}")
-        xt, wt = torch_of(dev, x, name), torch_of(dev, w, name)
+        if dev.skip_matmul_math:  # shape-only recording: no operand reads either
+            xt, wt = (torch.zeros(()).expand(*(int(d) for d in t.shape)) for t in (x, w))
+        else:
+            xt, wt = torch_of(dev, x, name), torch_of(dev, w, name)
+        if a["transpose_a"]:
+            xt = xt.transpose(-1, -2)
+        if a["transpose_b"]:
+            wt = wt.transpose(-1, -2)
+        if xt.shape[-1] != wt.shape[-2]:
+            raise RuntimeError(f"ttnn.{name}: inner dimensions differ: {list(xt.shape)} @ {list(wt.shape)}")
+        config = a.get("compute_kernel_config")
+        kernel = (numerics.fidelity_name(config, MATMUL_DEFAULT_FIDELITY), numerics.fp32_acc(config))
+        if dev.skip_matmul_math:  # shape-only recording for the cost model
+            out = torch.zeros(*torch.broadcast_shapes(xt.shape[:-2], wt.shape[:-2]), xt.shape[-2], wt.shape[-1])
+        else:
+            out = numerics.card_matmul(xt, wt, fidelity=kernel[0], fp32_dest=kernel[1],
+                                       x_fp32=_is_fp32(dev, x), w_fp32=_is_fp32(dev, w))
         bias = torch_of(dev, a.get("bias"), name)
-        out = _golden(dev, name)(xt, wt, bool(a["transpose_a"]), bool(a["transpose_b"]), bias=bias,
-                                 program_config=a.get("program_config"), activation=a.get("activation"))
-        k = xt.shape[-2] if a["transpose_a"] else xt.shape[-1]
-        return _finish(dev, name, out, x, a, 2 * out.numel() * k, inputs=[x, w])
+        if bias is not None:
+            out = numerics.round_dest(out + bias.reshape(-1, bias.shape[-1])[0], kernel[1])
+        activation = _fused_activation(a)
+        if activation is not None:
+            out = _ACTIVATION_GOLDEN(dev)(activation)(out)
+        while out.dim() > xt.dim():
+            out = out.squeeze(0)
+        return _finish(dev, name, out, x, a, 2 * out.numel() * xt.shape[-1], inputs=[x, w], kernel=kernel)
 
     return op
+
+
+def _fused_activation(a: Dict[str, Any]) -> Any:
+    program_config = a.get("program_config")
+    fused = getattr(program_config, "fused_activation", None) if program_config is not None else None
+    return fused.op_type if fused else a.get("activation")
+
+
+def _ACTIVATION_GOLDEN(dev: Any) -> Callable:
+    """ttnn's own golden lookup for a fused activation name (what its linear golden uses)."""
+    return _golden(dev, "linear").__globals__["get_golden_function_for_activation"]
+
+
+def _is_fp32(dev: Any, tensor: Any) -> bool:
+    return isinstance(tensor, dev.ttnn.Tensor) and tensor.dtype == dev.ttnn.float32
 
 
 def _binary(name: str) -> Callable:
@@ -270,8 +325,17 @@ def _binary(name: str) -> Callable:
         x, y = a["input_tensor_a"], a["input_tensor_b"]
         ref = x if isinstance(x, dev.ttnn.Tensor) else y
         extra = _kw(a, "activations", "input_tensor_a_activations", "input_tensor_b_activations")
-        out = _golden(dev, name)(torch_of(dev, x, name), torch_of(dev, y, name), **extra)
-        return _finish(dev, name, out, ref, a, out.numel(), inputs=[x, y])
+        xt, yt = torch_of(dev, x, name), torch_of(dev, y, name)
+        kernel = None
+        if name in ("multiply", "mul") and not extra and isinstance(xt, torch.Tensor) and isinstance(yt, torch.Tensor):
+            # FPU eltwise multiply: ttnn.multiply takes no kernel config; tt-metal's eltwise binary
+            # program runs it at HiFi4 with fp32 Dest only for fp32 inputs.
+            kernel = (ELTWISE_FIDELITY, _is_fp32(dev, x) or _is_fp32(dev, y))
+            out = numerics.card_multiply(xt, yt, fidelity=kernel[0], fp32_dest=kernel[1],
+                                         a_fp32=_is_fp32(dev, x), b_fp32=_is_fp32(dev, y))
+        else:
+            out = _golden(dev, name)(xt, yt, **extra)
+        return _finish(dev, name, out, ref, a, out.numel(), inputs=[x, y], kernel=kernel)
 
     return op
 
@@ -288,8 +352,15 @@ def _unary(name: str, *golden_kwargs: str) -> Callable:
 def _reduction(name: str) -> Callable:
     def op(dev: Any, a: Dict[str, Any]) -> Any:
         t = a["input_tensor"]
-        out = _golden(dev, name)(torch_of(dev, t, name), a["dim"], bool(a["keepdim"]))
-        return _finish(dev, name, out, t, a, t.logical_volume())
+        x = torch_of(dev, t, name)
+        config = a.get("compute_kernel_config")
+        kernel = (numerics.fidelity_name(config, REDUCE_DEFAULT_FIDELITY), numerics.fp32_acc(config))
+        dim = a["dim"] if a["dim"] is not None else tuple(range(x.dim()))
+        count = math_prod([x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim)])
+        scaler = float(a.get("scalar") or 1.0) / (count if name == "mean" else 1)
+        out = numerics.card_reduce_sum(x, dim, bool(a["keepdim"]), scaler=scaler, fidelity=kernel[0],
+                                       fp32_dest=kernel[1], x_fp32=_is_fp32(dev, t))
+        return _finish(dev, name, out, t, a, t.logical_volume(), kernel=kernel)
 
     return op
 
@@ -371,6 +442,7 @@ def op_table() -> Dict[str, Callable]:
     table["gelu"] = _unary("gelu", "variant", "fast_and_approximate_mode")
     for name in ("zeros", "ones", "full", "arange", "zeros_like", "ones_like"):
         table[name] = _creation(name)
+    table.update(_model_ops())
     return table
 
 
@@ -393,3 +465,46 @@ def op_mac(dev: Any, a: Dict[str, Any]) -> Any:
 def supported_ops() -> List[str]:
     """Names of the emulated ttnn ops, for docs and the report."""
     return sorted(op_table())
+
+
+# -- ops PI0ModelTTNN's performance techniques call (in-place cache, fused GeGLU, CQ events) -----
+class EmulatedEvent(tuple):
+    """(device, cq_id) of ttnn.record_event: a tuple, so the device is seen in wait_for_event."""
+
+
+def op_fill_cache(dev: Any, a: Dict[str, Any]) -> Any:
+    """Write input [1, H, S, D] into rows [update_idx, update_idx + S) of batch row batch_idx."""
+    name, cache, x = "fill_cache", a["cache_tensor"], a["input_tensor"]
+    value = torch_of(dev, x, name)
+    if not dev.is_device_tensor(cache) or cache._deallocated:
+        raise RuntimeError(f"ttnn.{name}: the cache must be an allocated device tensor")
+    current = dev.originals["to_torch"](cache._host).to(torch.float32)  # partial write: no stale check
+    b, start = int(a["batch_idx"]), int(a.get("update_idx") or 0)
+    if (value.dim() != 4 or current.dim() != 4 or value.shape[0] != 1 or start % TILE
+            or not 0 <= b < current.shape[0] or start + value.shape[-2] > current.shape[-2]
+            or value.shape[1] != current.shape[1] or value.shape[-1] != current.shape[-1]
+            or cache.layout != dev.ttnn.TILE_LAYOUT):
+        raise RuntimeError(f"ttnn.{name}: input {list(value.shape)} does not fit cache {list(current.shape)} at "
+                           f"batch {b}, row {start} (TILE, [1, H, S, D] into [B, H, L, D], row a multiple of {TILE})")
+    current[b:b + 1, :, start:start + value.shape[-2], :] = value
+    dev.count(name, 0, _signature([cache, x], dev))
+    dev.record_op(name, [x], [cache], 0)
+    cache._host = dev.originals["from_torch"](current.contiguous(), dtype=cache.dtype, layout=cache.layout)
+    return cache
+
+
+def op_record_event(dev: Any, a: Dict[str, Any]) -> Any:
+    dev._check_cq(a.get("cq_id"))
+    return EmulatedEvent((dev, int(a.get("cq_id") or 0)))
+
+
+def op_wait_for_event(dev: Any, a: Dict[str, Any]) -> None:
+    dev._check_cq(a.get("cq_id"))
+    event = a["mesh_event"]
+    if not isinstance(event, EmulatedEvent) or event[0] is not dev:
+        raise RuntimeError("ttnn.wait_for_event: the event was not recorded on this device (ttnn.record_event)")
+
+
+def _model_ops() -> Dict[str, Callable]:
+    return {"fill_cache": op_fill_cache, "geglu": _unary("geglu", "dim", "variant"),
+            "record_event": op_record_event, "wait_for_event": op_wait_for_event}

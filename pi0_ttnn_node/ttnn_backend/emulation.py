@@ -4,82 +4,32 @@ While an `EmulatedDevice` is open, the supported op attributes of `ttnn`, `ttnn.
 `ttnn.transformer` are replaced: each call is bound to the REAL op's signature (unknown keyword ->
 TypeError), runs the op's torch semantics (emulated_ops.py: ttnn golden functions where usable) and
 re-stores the result with the real `ttnn.from_torch` (real bf16 / bfloat8_b rounding, tile padding).
-Counters: ops, FLOPs, host<->device transfers. Trace capture records the op list and replays it in
-Python. Closing restores every original attribute. Counterpart: runtime.py (opens it on request).
+Matmul-class ops follow the matrix engine's numerics (emulated_numerics.py: fidelity phases, Dest
+width, TF32 source registers). The board's limits are enforced (emulated_limits.py: worker grid, L1
+per core, DRAM, shard specs, program configs, trace region). Counters: ops, FLOPs, transfers; with
+`stats.start_recording()` one OpRecord per executed op (for the cost model). Trace capture records
+the op list and replays it in Python. Closing restores every original attribute.
+Counterpart: runtime.py (opens it on request).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pi0_ttnn_node.ttnn_backend import emulated_ops
+from pi0_ttnn_node.ttnn_backend.emulated_limits import DeviceBudget, board_limits
+from pi0_ttnn_node.ttnn_backend.emulation_stats import MATMUL_OPS, EmulationStats, Operand, OpRecord  # noqa: F401
 from pi0_ttnn_node.ttnn_backend.op_signatures import make_checker
 
 LOG = logging.getLogger(__name__)
 
-# compute_with_storage_grid_size() of the boards we carry descriptors for (N150: 8x8 worker grid;
-# P150: 13x10 is the largest grid the Blackhole PI0 code sizes its core grids against).
-GRID_BY_ARCH = {"wormhole_b0": (8, 8), "blackhole": (13, 10)}
-MATMUL_OPS = ("linear", "matmul", "transformer.scaled_dot_product_attention")
 SUBMODULES = ("experimental", "transformer")
 
 _ACTIVE: List["EmulatedDevice"] = []
 _TENSOR_TYPES: Dict[int, type] = {}
-
-
-@dataclass
-class EmulationStats:
-    """What the emulated device executed: ops by name, FLOPs by op, and host<->device transfers."""
-
-    ops: collections.Counter = field(default_factory=collections.Counter)
-    flops_by_op: collections.Counter = field(default_factory=collections.Counter)
-    uploads: int = 0
-    downloads: int = 0
-    upload_bytes: int = 0
-    download_bytes: int = 0
-    trace_replays: int = 0
-
-    @property
-    def total_flops(self) -> int:
-        return sum(self.flops_by_op.values())
-
-    @property
-    def matmul_flops(self) -> int:
-        """FLOPs of linear, matmul and SDPA: the work a '100 % on device' check is about."""
-        return sum(self.flops_by_op[name] for name in MATMUL_OPS)
-
-    def reset(self) -> None:
-        self.ops.clear()
-        self.flops_by_op.clear()
-        self.uploads = self.downloads = self.upload_bytes = self.download_bytes = self.trace_replays = 0
-
-    def copy(self) -> "EmulationStats":
-        return EmulationStats(
-            collections.Counter(self.ops), collections.Counter(self.flops_by_op), self.uploads,
-            self.downloads, self.upload_bytes, self.download_bytes, self.trace_replays,
-        )
-
-    def minus(self, before: "EmulationStats") -> "EmulationStats":
-        return EmulationStats(
-            self.ops - before.ops, self.flops_by_op - before.flops_by_op, self.uploads - before.uploads,
-            self.downloads - before.downloads, self.upload_bytes - before.upload_bytes,
-            self.download_bytes - before.download_bytes, self.trace_replays - before.trace_replays,
-        )
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator["EmulationStats"]:
-        """Yield a stats object that holds, on exit, only what ran inside the `with` block."""
-        before, region = self.copy(), EmulationStats()
-        try:
-            yield region
-        finally:
-            delta = self.minus(before)
-            region.__dict__.update(delta.__dict__)
+_CHECKERS: Dict[Tuple[str, int], Callable] = {}
 
 
 def device_tensor_type(ttnn: Any) -> type:
@@ -101,6 +51,8 @@ def device_tensor_type(ttnn: Any) -> type:
             self._memory_config = memory_config
             self._deallocated = False
             self._stale = False  # written inside a trace capture, not yet replayed
+            if not device._replaying:  # a replay writes into the buffers the capture allocated
+                device.budget.allocate(self, memory_config, f"ttnn.{device.current_op}")
 
         def device(self) -> "EmulatedDevice":
             return self._emu_device
@@ -150,6 +102,10 @@ class EmulatedDevice:
         self.ttnn = ttnn
         self.descriptor = Path(descriptor)
         self.arch_name, self.board = read_descriptor_arch(self.descriptor)
+        self.limits = board_limits(self.descriptor)
+        self.budget = DeviceBudget(self.limits, l1_small_size, trace_region_size)
+        self.skip_matmul_math = False  # shape-only recording (cost model): matmul outputs are zeros
+        self.current_op = ""
         self.device_id = device_id
         self.l1_small_size = l1_small_size
         self.trace_region_size = trace_region_size
@@ -168,7 +124,7 @@ class EmulatedDevice:
 
     # -- device methods the model code calls -------------------------------------------------------
     def compute_with_storage_grid_size(self) -> Any:
-        x, y = GRID_BY_ARCH.get(self.arch_name, (8, 8))
+        x, y = self.limits.grid
         return self.ttnn.CoreCoord(x, y)
 
     def dram_grid_size(self) -> Any:
@@ -207,8 +163,8 @@ class EmulatedDevice:
         _ACTIVE.append(self)
         LOG.warning(
             "ttnn EMULATION on CPU, not a Tenstorrent card: %s %s (descriptor %s). Ops run their ttnn "
-            "golden torch semantics with real bf16/bfloat8_b storage rounding; math fidelity and kernel "
-            "configs are ignored, and timings are NOT hardware timings.",
+            "torch semantics with real bf16/bfloat8_b storage rounding and the matrix engine's fidelity and "
+            "Dest-width numerics; timings are NOT hardware timings.",
             self.arch_name, self.board, self.descriptor,
         )
         return self
@@ -243,6 +199,15 @@ class EmulatedDevice:
             self.stats.flops_by_op[name] += int(flops)
         if signature is not None and self.program_cache_enabled:
             self._program_cache.add((name, signature))
+
+    def record_op(self, name: str, inputs: Any, outputs: Any, flops: int, kernel: Any = None) -> None:
+        """Append an OpRecord when the stats are recording (cost model); otherwise nothing."""
+        if self.stats.records is None:
+            return
+        operands = [tuple(_operand(t) for t in group if self.is_device_tensor(t)) for group in (inputs, outputs)]
+        self.stats.records.append(OpRecord(
+            name, self.stats.stage, operands[0], operands[1], int(flops), kernel[0] if kernel else None,
+            kernel[1] if kernel else None, self.capturing, self._replaying))
 
     def forbid_in_capture(self, what: str) -> None:
         if self.capturing:
@@ -294,7 +259,10 @@ class EmulatedDevice:
         return False
 
     def _emulated(self, qualified: str, original: Any, impl: Callable) -> Callable:
-        check = make_checker(qualified, original)
+        key = (qualified, id(original))
+        if key not in _CHECKERS:  # parsing the real signatures is slow; they never change in-process
+            _CHECKERS[key] = make_checker(qualified, original)
+        check = _CHECKERS[key]
         host_ok = qualified in emulated_ops.HOST_OK
 
         def emulated_op(*args: Any, **kwargs: Any) -> Any:
@@ -306,9 +274,12 @@ class EmulatedDevice:
                     f"ttnn.{qualified} was called with host tensors only; on a card it needs its tensor "
                     "inputs on the device (pass device= to ttnn.from_torch or call ttnn.to_device first)"
                 )
+            self.current_op = qualified
+            _check_static(self, qualified, bound)
             result = impl(self, bound)
             if self.capturing and qualified not in emulated_ops.TRACE_CONTROL:
                 self._traces[self._capturing].append((impl, bound, result))
+                self.budget.check_trace(len(self._traces[self._capturing]))
                 for tensor in _tensors_in(result, self):
                     tensor._stale = True
             return result
@@ -398,6 +369,32 @@ def _tensors_in(value: Any, device: EmulatedDevice) -> List[Any]:
     if isinstance(value, (list, tuple)):
         return [item for item in value if device.is_device_tensor(item)]
     return []
+
+
+def _operand(tensor: Any) -> Operand:
+    config = tensor.memory_config()
+    memory = str(config.buffer_type).split(".")[-1].split("::")[-1].upper()
+    return Operand(tuple(int(d) for d in tensor.shape), str(tensor.dtype).split(".")[-1].upper(),
+                   "L1" if memory == "L1" else "DRAM", emulated_ops.nbytes(tensor))
+
+
+def _check_static(dev: EmulatedDevice, qualified: str, a: Dict[str, Any]) -> None:
+    """Board checks that need only the call: core grids and program configs."""
+    what = f"ttnn.{qualified}"
+    if a.get("core_grid") is not None:
+        dev.budget.check_core_grid(a["core_grid"], what)
+    if qualified in ("linear", "matmul") and a.get("program_config") is not None:
+        x, w = a["input_tensor_a"], a["input_tensor_b"]
+        if dev.is_device_tensor(x) and dev.is_device_tensor(w):
+            m = x.shape[-1] if a.get("transpose_a") else x.shape[-2]
+            k = x.shape[-2] if a.get("transpose_a") else x.shape[-1]
+            n = w.shape[-2] if a.get("transpose_b") else w.shape[-1]
+            m = m * (int(x.logical_volume()) // (int(x.shape[-1]) * int(x.shape[-2])))  # batch folds into M
+            config = a.get("compute_kernel_config")
+            fp32 = bool(getattr(config, "fp32_dest_acc_en", False)) if config is not None else False
+            dev.budget.check_matmul_program_config(a["program_config"], m, k, n, fp32, what)
+    if qualified == "transformer.scaled_dot_product_attention":
+        dev.budget.check_sdpa_program_config(a.get("program_config"), what)
 
 
 def open_emulated_device(ttnn: Any, descriptor: Path, **device_args: Any) -> EmulatedDevice:

@@ -92,7 +92,9 @@ def parse_nb_signature(signature_text: str, defaults: Optional[Sequence[Any]] = 
         if name == "self":
             continue
         params.append(inspect.Parameter(name, kind, default=_default_of(part, defaults)))
-    return inspect.Signature(params)
+    # nanobind allows a required parameter after a defaulted one (ttnn.wait_for_event(cq_id=\0,
+    # mesh_event)); inspect would refuse to build that signature, binding still works.
+    return inspect.Signature(params, __validate_parameters__=False)
 
 
 def real_signatures(op: Any) -> List[inspect.Signature]:

@@ -1,9 +1,9 @@
 """Open and close the TTNN device: a real Tenstorrent card, or the CPU emulation only when asked.
 
-Defaults follow tt-metal's PI0 code: l1_small_size 24576, one command queue, no trace region
-(about 80 MB once the denoise loop is traced). Emulation is never chosen silently: without a card
-and without `emulate=True` (node parameter `ttnn_emulate: true`) opening fails with
-BackendUnavailableError. Counterpart: emulation.py (the emulated device).
+The configuration is ttnn_config.TtRuntimeConfig (every knob, presets); defaults follow tt-metal's
+PI0 code: l1_small_size 24576, one command queue, no trace region (80 MB once a trace is on).
+Emulation is never chosen silently: without a card and without `emulate=True` (node parameter
+`policy.ttnn_emulate: true`) opening fails with BackendUnavailableError. Counterpart: emulation.py (the emulated device).
 """
 
 from __future__ import annotations
@@ -13,57 +13,22 @@ import glob
 import importlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from pi0_ttnn_node.errors import BackendUnavailableError, ConfigError
+from pi0_ttnn_node.errors import BackendUnavailableError
+# The knob table lives in ttnn_config.py; re-exported here for callers that open devices.
+from pi0_ttnn_node.ttnn_backend.ttnn_config import EMULATED_BOARDS, TtRuntimeConfig  # noqa: F401
 
 LOG = logging.getLogger(__name__)
 
 MOCK_ENV = "TT_METAL_MOCK_CLUSTER_DESC_PATH"
 MOCK_CLUSTER_DIR = Path(__file__).resolve().parent / "mock_cluster"
-EMULATED_BOARDS = {"wormhole_n150": "wormhole_n150.yaml", "blackhole_p150": "blackhole_p150.yaml"}
-DTYPES = ("bfloat16", "bfloat8_b", "float32")
-FIDELITIES = ("LoFi", "HiFi2", "HiFi3", "HiFi4")
 CARD_GLOB = "/dev/tenstorrent*"
-EMULATION_HINT = "set the node parameter `ttnn_emulate: true` (TtRuntimeConfig(emulate=True)) to run the CPU emulation"
+EMULATION_HINT = ("set the node parameter `policy.ttnn_emulate: true` (--ttnn-emulate, "
+                  "TtRuntimeConfig(emulate=True)) to run the CPU emulation")
 
 _OPEN: Dict[int, "TtDevice"] = {}
-
-
-@dataclass(frozen=True)
-class TtRuntimeConfig:
-    """How to open the device and which number formats the TTNN model uses."""
-
-    device_id: int = 0
-    l1_small_size: int = 24576
-    trace_region_size: int = 0
-    num_command_queues: int = 1
-    emulate: bool = False
-    emulated_board: str = "wormhole_n150"
-    weight_dtype: str = "bfloat16"
-    activation_dtype: str = "bfloat16"
-    matmul_fidelity: str = "HiFi4"
-    sdpa_fidelity: str = "HiFi4"
-    fp32_dest_acc: bool = True
-    use_trace: bool = False
-
-    def __post_init__(self) -> None:
-        if self.device_id < 0 or self.l1_small_size < 0 or self.trace_region_size < 0:
-            raise ConfigError(f"device_id, l1_small_size and trace_region_size must be >= 0; got {self}")
-        if self.num_command_queues not in (1, 2):
-            raise ConfigError(f"num_command_queues must be 1 or 2; got {self.num_command_queues}")
-        for name in ("weight_dtype", "activation_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {DTYPES}")
-        for name in ("matmul_fidelity", "sdpa_fidelity"):
-            if getattr(self, name) not in FIDELITIES:
-                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {FIDELITIES}")
-        if self.emulated_board not in EMULATED_BOARDS:
-            raise ConfigError(f"emulated_board={self.emulated_board!r}; expected one of {sorted(EMULATED_BOARDS)}")
-        if self.use_trace and self.trace_region_size == 0:
-            raise ConfigError("use_trace is true but trace_region_size is 0; set it (e.g. 80_000_000 bytes)")
 
 
 def mock_cluster_descriptor(board: str = "wormhole_n150") -> Path:
@@ -180,7 +145,11 @@ def _open_emulated(cfg: TtRuntimeConfig) -> TtDevice:
 
     ttnn = import_ttnn(emulate=True, board=cfg.emulated_board)
     descriptor = Path(os.environ[MOCK_ENV])
-    if descriptor != mock_cluster_descriptor(cfg.emulated_board):
+    if descriptor in {mock_cluster_descriptor(board) for board in EMULATED_BOARDS}:
+        # ttnn's host library was initialised with one of our descriptors (host-side work does not
+        # depend on the board): the emulated device models the board asked for (grid, L1, DRAM).
+        descriptor = mock_cluster_descriptor(cfg.emulated_board)
+    elif descriptor != mock_cluster_descriptor(cfg.emulated_board):
         LOG.warning("%s is set to %s; it overrides emulated_board=%s", MOCK_ENV, descriptor, cfg.emulated_board)
     device = open_emulated_device(
         ttnn, descriptor, device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from pi0_ttnn_node.config import GemmaConfig, PI0Config
 from pi0_ttnn_node.ttnn_backend.ttnn_common import round_up
+from pi0_ttnn_node.ttnn_backend.ttnn_gemma import fused_rope_ok
 from pi0_ttnn_node.ttnn_backend.ttnn_weights import (WeightDtypes, device_bytes, padded_head_dim,
                                                      patch_k, weight_plan)
 
@@ -36,21 +37,31 @@ def device_shapes(cfg: PI0Config, batch: int, lang_len: int) -> DeviceShapes:
     return DeviceShapes(batch, prefix, suffix, suffix - (0 if cfg.is_pi05 else 1))
 
 
-def _gemma_layer_flops(g: GemmaConfig, b: int, q_len: int, kv_len: int) -> Dict[str, int]:
+def _gemma_layer_flops(g: GemmaConfig, b: int, q_len: int, kv_len: int, rc: Any = None
+                       ) -> Dict[str, int]:
     hdp = padded_head_dim(g.head_dim)
     rows = b * q_len
-    return {
+    fused_mlp = rc is not None and rc.fused_mlp
+    mlp = round_up(g.mlp_dim) if fused_mlp else g.mlp_dim
+    out = {
         "qkv_proj": 2 * rows * g.width * (g.num_heads + 2 * g.num_kv_heads) * hdp,
-        "rope_rotate_half": 2 * b * (g.num_heads + g.num_kv_heads) * q_len * hdp * hdp,
         "attention": 4 * b * g.num_heads * q_len * kv_len * hdp,
         "o_proj": 2 * rows * g.num_heads * hdp * g.width,
-        "mlp": 3 * 2 * rows * g.width * g.mlp_dim,
+        "mlp": 3 * 2 * rows * g.width * mlp,
     }
+    if not fused_rope_ok(g, rc is not None and rc.fused_rope):  # rotate-half as a matmul
+        out["rope_rotate_half"] = 2 * b * (g.num_heads + g.num_kv_heads) * q_len * hdp * hdp
+    return out
 
 
-def matmul_flops(cfg: PI0Config, batch: int, lang_len: int, num_steps: int
+def matmul_flops(cfg: PI0Config, batch: int, lang_len: int, num_steps: int, rc: Any = None
                  ) -> Dict[str, Dict[str, int]]:
-    """FLOPs of every linear / matmul / SDPA of one sample_actions call, by stage and kind."""
+    """FLOPs of every linear / matmul / SDPA of one sample_actions call, by stage and kind.
+
+    `rc` (a TtRuntimeConfig) selects the techniques that change the work: fused MLP (tile-padded
+    hidden), fused RoPE (no rotate-half matmul), precomputed conditioning (time MLP and adaRMS
+    matmuls once over all steps' rows, PI0 state token once). None = all of them off.
+    """
     sh = device_shapes(cfg, batch, lang_len)
     v, vlm, ex = cfg.vision, cfg.vlm, cfg.expert
     images, n = batch * cfg.num_image_slots, v.num_patches
@@ -66,23 +77,37 @@ def matmul_flops(cfg: PI0Config, batch: int, lang_len: int, num_steps: int
     vis["projector"] += 2 * images * n * v.hidden_size * vlm.width
     pre = stages["prefill"]
     for _ in range(vlm.depth - 1):
-        pre.update(_gemma_layer_flops(vlm, batch, sh.prefix, sh.prefix))
+        pre.update(_gemma_layer_flops(vlm, batch, sh.prefix, sh.prefix, rc))
     hdp = padded_head_dim(vlm.head_dim)
     pre["kv_proj"] += 2 * batch * sh.prefix * vlm.width * 2 * vlm.num_kv_heads * hdp
-    pre["rope_rotate_half"] += 2 * batch * vlm.num_kv_heads * sh.prefix * hdp * hdp
+    if not fused_rope_ok(vlm, rc is not None and rc.fused_rope):
+        pre["rope_rotate_half"] += 2 * batch * vlm.num_kv_heads * sh.prefix * hdp * hdp
     step: Dict[str, int] = collections.Counter()
+    once: Dict[str, int] = collections.Counter()  # before the loop (precomputed conditioning)
     w, rows = ex.width, batch * sh.horizon
+    pre_cond = rc is not None and rc.precompute_conditioning
     step["action_in_proj"] += 2 * rows * cfg.max_action_dim * w
     step["action_out_proj"] += 2 * rows * w * cfg.max_action_dim
     if cfg.is_pi05:
-        step["time_mlp"] += 2 * 2 * batch * w * w
-        step["adarms_modulation"] += (2 * ex.depth + 1) * 3 * 2 * batch * w * w
+        norms = 2 * ex.depth + 1
+        if pre_cond:
+            once["time_mlp"] += 2 * 2 * num_steps * w * w
+            once["adarms_modulation"] += norms * 2 * num_steps * w * 3 * w
+        else:
+            step["time_mlp"] += 2 * 2 * batch * w * w
+            step["adarms_modulation"] += norms * 3 * 2 * batch * w * w
+    elif pre_cond:
+        once["state_proj"] += 2 * batch * cfg.max_state_dim * w
+        once["action_time_mlp"] += 2 * num_steps * w * w  # the time half, all steps at once
+        step["action_time_mlp"] += 2 * rows * w * w + 2 * rows * w * w
     else:
         step["state_proj"] += 2 * batch * cfg.max_state_dim * w
         step["action_time_mlp"] += 2 * rows * 2 * w * w + 2 * rows * w * w
     for _ in range(ex.depth):
-        step.update(_gemma_layer_flops(ex, batch, sh.suffix, sh.prefix + sh.suffix))
-    stages["denoise"] = collections.Counter({k: val * num_steps for k, val in step.items()})
+        step.update(_gemma_layer_flops(ex, batch, sh.suffix, sh.prefix + sh.suffix, rc))
+    denoise = collections.Counter({k: val * num_steps for k, val in step.items()})
+    denoise.update(once)
+    stages["denoise"] = denoise
     return {k: dict(val) for k, val in stages.items()}
 
 

@@ -2,9 +2,9 @@
 
 `TtRuntimeConfig` is the resolved configuration the device and PI0ModelTTNN read. Its fields are
 declared with `knob(...)`, whose metadata (help, choices, range, whether a preset sets it) is the one
-source for the node parameters (`policy.ttnn_<field>`, generated in ros/params.py), the tools' CLI
-flags (`add_ttnn_arguments`) and the docs. A preset ("accurate", "fast") fills every preset-driven
-knob; an explicit parameter or flag overrides just that knob. Unset means: "" for text knobs and
+source for the node parameters (`policy.ttnn_<field>`, generated in control/parameters.py), the
+tools' CLI flags (`add_ttnn_arguments`) and the docs. A preset ("accurate", "fast") fills every
+preset-driven knob; an explicit parameter or flag overrides just that knob. Unset means: "" for text knobs and
 preset-driven booleans (which are "true" / "false" when set), -1 for preset-driven integers.
 Counterpart: runtime.py (opens the device this config describes).
 """
@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from pi0_ttnn_node.errors import ConfigError
 
-EMULATED_BOARDS = {"wormhole_n150": "wormhole_n150.yaml", "blackhole_p150": "blackhole_p150.yaml"}
+EMULATED_BOARDS = {"wormhole_n150": "wormhole_n150.yaml", "wormhole_n300": "wormhole_n300.yaml",
+                   "blackhole_p150": "blackhole_p150.yaml"}
 DTYPES = ("bfloat16", "bfloat8_b", "float32")
 WEIGHT_DTYPES = ("bfloat16", "bfloat8_b")
 FIDELITIES = ("LoFi", "HiFi2", "HiFi3", "HiFi4")
@@ -80,6 +81,30 @@ class TtRuntimeConfig:
     fp32_acc_denoise: bool = knob(True, "fp32 destination accumulation in denoise matmuls.",
                                   preset=True)
     fp32_acc_sdpa: bool = knob(True, "fp32 destination accumulation in SDPA.", preset=True)
+    # -- performance techniques (preset-driven; each one switchable) ------------------------------
+    precompute_conditioning: bool = knob(
+        True, "Before the denoise loop, compute every step's timestep embedding, the PI0 time "
+        "half of action_time_mlp_in and state token, and the PI0.5 adaRMS modulations (one "
+        "matmul over all steps instead of one per step); adaRMS then runs as one rms_norm with "
+        "weight = 1 + scale and bias = shift, the gated residual as one ttnn.mac.", preset=True)
+    fused_mlp: bool = knob(
+        True, "Gemma MLP with gate and up fused into one weight and one matmul, then ttnn.geglu "
+        "(tanh GELU) and the down matmul: 3 ops instead of 5.", preset=True)
+    fused_rope: bool = knob(
+        True, "RoPE with ttnn.experimental.rotary_embedding (one op per q / k) when head_dim is "
+        "a multiple of 64; otherwise (tiny test models) the rotate-half matmul form.", preset=True)
+    kv_in_place: bool = knob(
+        True, "Prefix and suffix K/V in one resident buffer per layer: prefill writes the prefix "
+        "rows, each denoise step writes only its suffix rows with ttnn.fill_cache; the prefix "
+        "K/V is never concatenated or copied per step.", preset=True)
+    l1_activations: bool = knob(
+        False, "SigLIP activations in L1 (MLP hidden block-sharded over the core grid), the RoPE "
+        "tables, the per-call RoPE rows and the denoise-step activations in L1; L1 tensors are "
+        "deallocated as soon as they are consumed.", preset=True)
+    matmul_program_configs: bool = knob(
+        False, "Explicit matmul program configs: 2-D multicast for prefix shapes (SigLIP, "
+        "prefill: M = prefix length), 1-D multicast for denoise shapes (M = suffix length); "
+        "off lets ttnn choose.", preset=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -96,18 +121,25 @@ class TtRuntimeConfig:
 
 
 TTNN_PRESETS: Dict[str, Dict[str, Any]] = {
-    # bf16 everywhere, HiFi4, fp32 accumulation: the numerics closest to the Torch reference.
+    # bf16 everywhere, HiFi4, fp32 accumulation: the numerics closest to the Torch reference. The
+    # exact techniques (precompute, fused MLP / RoPE, in-place K/V) are on; no trace, 1 CQ, DRAM.
     "accurate": {},
-    # tt-metal's production choices for PI0 / PI0.5 (shared/reference/ttnn_performance.md).
+    # tt-metal's production choices for PI0 / PI0.5 (shared/reference/ttnn_performance.md):
+    # whole-inference trace + 2 CQs; bfloat8_b weights (heads bf16), matmul activations (QKV and
+    # MLP hidden; o-proj / MLP-down outputs stay bf16) and K/V cache; HiFi2, LoFi
+    # for the expert matmuls in the loop; fp32 accumulation for SigLIP and SDPA only; SigLIP in
+    # L1 and per-shape program configs; every "do less per step" technique.
     "fast": {
         "num_command_queues": 2, "trace": "whole",
         "weight_dtype_vision": "bfloat8_b", "weight_dtype_vlm": "bfloat8_b",
         "weight_dtype_expert": "bfloat8_b", "weight_dtype_heads": "bfloat16",
-        "activation_dtype": "bfloat16", "kv_cache_dtype": "bfloat8_b",
+        "activation_dtype": "bfloat8_b", "kv_cache_dtype": "bfloat8_b",
         "fidelity_vision": "HiFi2", "fidelity_prefill": "HiFi2", "fidelity_denoise": "LoFi",
         "fidelity_sdpa": "HiFi2",
         "fp32_acc_vision": True, "fp32_acc_prefill": False, "fp32_acc_denoise": False,
         "fp32_acc_sdpa": True,
+        "precompute_conditioning": True, "fused_mlp": True, "fused_rope": True,
+        "kv_in_place": True, "l1_activations": True, "matmul_program_configs": True,
     },
 }
 # Presets that trace need a trace region; this is what they get unless one is given.
@@ -162,8 +194,12 @@ class KnobParam(NamedTuple):
 def knob_params(prefix: str = PARAM_PREFIX) -> List[KnobParam]:
     """`policy.ttnn_preset` plus one parameter per knob; preset-driven ones default to unset."""
     rows = [KnobParam(prefix + "preset", "preset", "str", DEFAULT_PRESET,
-                      "TTNN preset: accurate (bf16, HiFi4, fp32 accumulation) or fast (tt-metal's "
-                      "production choices); policy.ttnn_* knobs override single values.",
+                      "TTNN preset: accurate (bf16 weights and K/V, HiFi4, fp32 accumulation, "
+                      "no trace, 1 CQ, DRAM; the exact techniques on) or fast (tt-metal's "
+                      "production choices: bfloat8_b weights (heads bf16) and K/V, HiFi2 / LoFi "
+                      "for denoise matmuls, fp32 accumulation for SigLIP and SDPA only, "
+                      "whole-inference trace, 2 CQs, SigLIP in L1, matmul program configs); "
+                      "policy.ttnn_* knobs override single values. See docs/ttnn_backend.md.",
                       tuple(TTNN_PRESETS), None, None)]
     for f in dataclasses.fields(TtRuntimeConfig):
         meta = f.metadata

@@ -25,13 +25,13 @@ class PrefixEmbeddingTTNN:
 
     # mirrors torch_prefix.PrefixEmbedding
     def __init__(self, config: PI0Config, vision_tower: SiglipVisionTowerTTNN, weights: Weights,
-                 language_model: GemmaModelTTNN, kernel: Any = None):
+                 language_model: GemmaModelTTNN, plan: Any):
         self.config = config
         self.vision_tower = vision_tower
         self.projector = (weights["multi_modal_projector.weight"],
                           weights["multi_modal_projector.bias"])
         self.language_model = language_model
-        self.kernel = kernel
+        self.plan = plan
 
     def _token_mask(self, img_masks: "ttnn.Tensor") -> "ttnn.Tensor":
         """Camera masks [B, C] (1.0 / 0.0) -> per-token masks [B, C * num_patches]."""
@@ -48,10 +48,11 @@ class PrefixEmbeddingTTNN:
             img_masks: [B, C] bf16 TILE, 1.0 for a valid camera.
         """
         b, cams = img_masks.shape[0], img_masks.shape[1]
-        features = self.vision_tower(images)  # [B * C, n, Dv]
-        tokens = ttnn.linear(features, self.projector[0], bias=self.projector[1],
-                             compute_kernel_config=self.kernel)
-        n, width = tokens.shape[1], tokens.shape[2]
+        features = self.vision_tower(images)  # [B * C, 1, n, Dv]
+        tokens = self.plan.linear(features, self.projector[0], "vision", bias=self.projector[1],
+                                  memory_config=ttnn.DRAM_MEMORY_CONFIG)
+        self.plan.release("vision", features)
+        n, width = tokens.shape[-2], tokens.shape[-1]
         tokens = ttnn.reshape(tokens, (b, cams * n, width))
         keep = ttnn.reshape(self._token_mask(img_masks), (b, cams * n, 1))
         return ttnn.multiply(tokens, keep)

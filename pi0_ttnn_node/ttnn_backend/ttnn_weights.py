@@ -10,7 +10,7 @@ memory report (shapes x dtype sizes, nothing allocated). Counterpart: checkpoint
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
 
 import torch
 import ttnn
@@ -34,6 +34,12 @@ class WeightDtypes:
     vlm: str = "bfloat16"
     expert: str = "bfloat16"
     heads: str = "bfloat16"
+
+    @classmethod
+    def from_runtime(cls, rc: Any) -> "WeightDtypes":
+        """Per-group dtypes from a TtRuntimeConfig (the projector follows the vision tower)."""
+        return cls(rc.weight_dtype_vision, rc.weight_dtype_vision, rc.weight_dtype_vlm,
+                   rc.weight_dtype_expert, rc.weight_dtype_heads)
 
     @classmethod
     def uniform(cls, name: str) -> "WeightDtypes":
@@ -133,6 +139,40 @@ def _adarms_part(key: str, width: int, part: int, kind: str) -> Callable[[StateD
     return build
 
 
+def _modulation(key: str, width: int, kind: str) -> Callable[[StateDict], Tensor]:
+    """The whole adaRMS dense layer [scale | shift | gate] as [in, 3 out]; scale bias gets +1."""
+
+    def build(sd: StateDict) -> Tensor:
+        t = _get(sd, f"{key}.{kind}")
+        if kind == "bias":
+            return (t + torch.cat([torch.ones(width), torch.zeros(2 * width)]))[None, :]
+        return t.t().contiguous()
+
+    return build
+
+
+def _gate_up(prefix: str, mlp_dim: int) -> Callable[[StateDict], Tensor]:
+    """[in, up | gate], each half zero-padded to a tile multiple: ttnn.geglu(x) = a * gelu(b)."""
+    pad = round_up(mlp_dim) - mlp_dim
+
+    def build(sd: StateDict) -> Tensor:
+        halves = [torch.nn.functional.pad(_get(sd, f"{prefix}{p}_proj.weight").t(), (0, pad))
+                  for p in ("up", "gate")]
+        return torch.cat(halves, dim=1).contiguous()
+
+    return build
+
+
+def _down_padded(key: str, mlp_dim: int) -> Callable[[StateDict], Tensor]:
+    pad = round_up(mlp_dim) - mlp_dim
+    return lambda sd: torch.nn.functional.pad(_get(sd, key).t(), (0, 0, 0, pad)).contiguous()
+
+
+def _rows(key: str, start: int, stop: int) -> Callable[[StateDict], Tensor]:
+    """Rows [start, stop) of a Linear weight transposed to [in, out]."""
+    return lambda sd: _get(sd, key).t()[start:stop].contiguous()
+
+
 def rope_tables(head_dim: int, theta: float, max_positions: int) -> Tuple[Tensor, Tensor]:
     """cos/sin [max_positions, hdp] in fp32, split-half layout as torch_gemma.rope_cos_sin."""
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float()
@@ -167,8 +207,9 @@ def _siglip_specs(v: SiglipConfig, dt: str) -> Iterator[TensorSpec]:
                      _patch_weight(f"{e}patch_embedding.weight", v))
     yield TensorSpec(f"{e}patch_embedding.bias", "vision", (1, d), "bfloat16", "TILE",
                      _row(f"{e}patch_embedding.bias"))
-    yield TensorSpec(f"{e}position_embedding.weight", "vision", (1, v.num_patches, d), "bfloat16",
-                     "TILE", lambda sd: _get(sd, f"{e}position_embedding.weight")[None])
+    yield TensorSpec(f"{e}position_embedding.weight", "vision", (1, 1, v.num_patches, d),
+                     "bfloat16", "TILE",
+                     lambda sd: _get(sd, f"{e}position_embedding.weight")[None, None])
     for i in range(v.num_layers):
         p = f"vision_tower.encoder.layers.{i}."
         a = f"{p}self_attn."
@@ -194,11 +235,18 @@ def _siglip_specs(v: SiglipConfig, dt: str) -> Iterator[TensorSpec]:
                          "TILE", _row(f"vision_tower.post_layernorm.{kind}"))
 
 
-def _norm_specs(name: str, g: GemmaConfig, group: str, dt: str) -> Iterator[TensorSpec]:
+def _norm_specs(name: str, g: GemmaConfig, group: str, dt: str,
+                fused_modulation: bool = False) -> Iterator[TensorSpec]:
     w = g.width
     if not g.use_adarms:
         yield TensorSpec(f"{name}.weight", group, (1, w), "bfloat16", "TILE",
                          _row(f"{name}.weight", offset=1.0))
+        return
+    if fused_modulation:  # [scale | shift | gate] in one matmul (precomputed for all steps)
+        yield TensorSpec(f"{name}.modulation.weight", group, (w, 3 * w), dt, "TILE",
+                         _modulation(f"{name}.dense", w, "weight"))
+        yield TensorSpec(f"{name}.modulation.bias", group, (1, 3 * w), "bfloat16", "TILE",
+                         _modulation(f"{name}.dense", w, "bias"))
         return
     for part, label in enumerate(("scale", "shift", "gate")):
         yield TensorSpec(f"{name}.{label}.weight", group, (w, w), dt, "TILE",
@@ -218,10 +266,12 @@ def _fused_kv(prefix: str, kv_heads: int, head_dim: int) -> Callable[[StateDict]
     return build
 
 
-def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str,
-                 prefill_only: bool = False) -> Iterator[TensorSpec]:
+def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str, prefill_only: bool = False,
+                 layout: "WeightLayout" = None) -> Iterator[TensorSpec]:
     """One Gemma stack. `prefill_only` (the VLM): the last layer keeps only its input norm and
     K/V projection and there is no final norm, since prefill uses nothing else of them."""
+    layout = layout or WeightLayout()
+    fused_mod = layout.precompute_conditioning
     w, hdp = g.width, padded_head_dim(g.head_dim)
     qkv_out = (g.num_heads + 2 * g.num_kv_heads) * hdp
     for i in range(g.depth):
@@ -230,27 +280,44 @@ def _gemma_specs(stack: str, g: GemmaConfig, group: str, dt: str,
         if prefill_only and i == g.depth - 1:
             yield TensorSpec(f"{a}wkv", group, (w, 2 * g.num_kv_heads * hdp), dt, "TILE",
                              _fused_kv(a, g.num_kv_heads, g.head_dim))
-            yield from _norm_specs(f"{p}input_layernorm", g, group, dt)
+            yield from _norm_specs(f"{p}input_layernorm", g, group, dt, fused_mod)
             continue
         yield TensorSpec(f"{a}wqkv", group, (w, qkv_out), dt, "TILE",
                          _fused_qkv(a, g.num_heads, g.num_kv_heads, g.head_dim, "weight"))
         yield TensorSpec(f"{a}o_proj.weight", group, (g.num_heads * hdp, w), dt, "TILE",
                          _out_proj(f"{a}o_proj.weight", g.num_heads, g.head_dim))
-        for proj, shape in (("gate_proj", (w, g.mlp_dim)), ("up_proj", (w, g.mlp_dim)),
-                            ("down_proj", (g.mlp_dim, w))):
-            yield TensorSpec(f"{p}mlp.{proj}.weight", group, shape, dt, "TILE",
-                             _linear_t(f"{p}mlp.{proj}.weight"))
+        if layout.fused_mlp:
+            f = round_up(g.mlp_dim)
+            yield TensorSpec(f"{p}mlp.gate_up.weight", group, (w, 2 * f), dt, "TILE",
+                             _gate_up(f"{p}mlp.", g.mlp_dim))
+            yield TensorSpec(f"{p}mlp.down_proj.weight", group, (f, w), dt, "TILE",
+                             _down_padded(f"{p}mlp.down_proj.weight", g.mlp_dim))
+        else:
+            for proj, shape in (("gate_proj", (w, g.mlp_dim)), ("up_proj", (w, g.mlp_dim)),
+                                ("down_proj", (g.mlp_dim, w))):
+                yield TensorSpec(f"{p}mlp.{proj}.weight", group, shape, dt, "TILE",
+                                 _linear_t(f"{p}mlp.{proj}.weight"))
         for norm in ("input_layernorm", "post_attention_layernorm"):
-            yield from _norm_specs(f"{p}{norm}", g, group, dt)
+            yield from _norm_specs(f"{p}{norm}", g, group, dt, fused_mod)
     if not prefill_only:
-        yield from _norm_specs(f"{stack}.norm", g, group, dt)
+        yield from _norm_specs(f"{stack}.norm", g, group, dt, fused_mod)
 
 
-def _head_specs(cfg: PI0Config, dt: str) -> Iterator[TensorSpec]:
+def _head_specs(cfg: PI0Config, dt: str, split_time_mlp: bool = False) -> Iterator[TensorSpec]:
+    """Projection heads; `split_time_mlp` (PI0, precomputed conditioning) splits
+    action_time_mlp_in into its action and its time rows (the time half runs before the loop)."""
     w, a, s = cfg.expert.width, cfg.max_action_dim, cfg.max_state_dim
     heads = [("action_in_proj", a, w), ("action_out_proj", w, a)]
     if cfg.is_pi05:
         heads += [("time_mlp_in", w, w), ("time_mlp_out", w, w)]
+    elif split_time_mlp:
+        key = "action_time_mlp_in.weight"
+        for part, (lo, hi) in (("action", (0, w)), ("time", (w, 2 * w))):
+            yield TensorSpec(f"action_time_mlp_in.{part}.weight", "heads", (w, w), dt, "TILE",
+                             _rows(key, lo, hi))
+        yield TensorSpec("action_time_mlp_in.bias", "heads", (1, w), "bfloat16", "TILE",
+                         _row("action_time_mlp_in.bias"))
+        heads += [("state_proj", s, w), ("action_time_mlp_out", w, w)]
     else:
         heads += [("state_proj", s, w), ("action_time_mlp_in", 2 * w, w),
                   ("action_time_mlp_out", w, w)]
@@ -281,7 +348,21 @@ def _table_specs(cfg: PI0Config) -> Iterator[TensorSpec]:
                      lambda sd: rotate_half_matrix(g.head_dim))
 
 
-def weight_plan(cfg: PI0Config, dtypes: WeightDtypes) -> List[TensorSpec]:
+@dataclass(frozen=True)
+class WeightLayout:
+    """How weights are arranged for the techniques that change them (ttnn_config knobs)."""
+
+    fused_mlp: bool = False  # gate+up as one [in, up | gate] weight (ttnn.geglu)
+    precompute_conditioning: bool = False  # adaRMS dense whole; PI0 time-MLP split
+    l1_rope: bool = False  # RoPE tables resident in L1 instead of DRAM
+
+    @classmethod
+    def from_runtime(cls, rc: Any) -> "WeightLayout":
+        return cls(rc.fused_mlp, rc.precompute_conditioning, rc.l1_activations)
+
+
+def weight_plan(cfg: PI0Config, dtypes: WeightDtypes,
+                layout: WeightLayout = WeightLayout()) -> List[TensorSpec]:
     """Every resident tensor of PI0ModelTTNN, in conversion order."""
     for field_name in ("vision", "projector", "vlm", "expert", "heads"):
         if getattr(dtypes, field_name) not in TTNN_WEIGHT_DTYPES:
@@ -301,9 +382,11 @@ def weight_plan(cfg: PI0Config, dtypes: WeightDtypes) -> List[TensorSpec]:
                    (cfg.vlm.vocab_size, cfg.vlm.width), "bfloat16", "ROW_MAJOR",
                    lambda sd: _get(sd, "language_model.embed_tokens.weight")),
     ]
-    specs += list(_gemma_specs("language_model", cfg.vlm, "vlm", dtypes.vlm, prefill_only=True))
-    specs += list(_gemma_specs("gemma_expert", cfg.expert, "expert", dtypes.expert))
-    specs += list(_head_specs(cfg, dtypes.heads))
+    specs += list(_gemma_specs("language_model", cfg.vlm, "vlm", dtypes.vlm, prefill_only=True,
+                               layout=layout))
+    specs += list(_gemma_specs("gemma_expert", cfg.expert, "expert", dtypes.expert,
+                               layout=layout))
+    specs += list(_head_specs(cfg, dtypes.heads, layout.precompute_conditioning))
     specs += list(_table_specs(cfg))
     return specs
 
@@ -313,16 +396,18 @@ def weight_plan(cfg: PI0Config, dtypes: WeightDtypes) -> List[TensorSpec]:
 # ------------------------------------------------------------------------------------------------
 
 
-def to_device(host: Tensor, spec_dtype: str, layout: str, device) -> "ttnn.Tensor":
-    """One host tensor -> device (DRAM), in the given dtype and layout."""
+def to_device(host: Tensor, spec_dtype: str, layout: str, device, l1: bool = False
+              ) -> "ttnn.Tensor":
+    """One host tensor -> device (DRAM, or L1), in the given dtype and layout."""
     return ttnn.from_torch(host, dtype=get_ttnn_dtype(spec_dtype),
                            layout=ttnn.TILE_LAYOUT if layout == "TILE" else ttnn.ROW_MAJOR_LAYOUT,
-                           device=device, memory_config=ttnn.DRAM_MEMORY_CONFIG)
+                           device=device,
+                           memory_config=ttnn.L1_MEMORY_CONFIG if l1 else ttnn.DRAM_MEMORY_CONFIG)
 
 
-def convert_specs(specs: List[TensorSpec], state_dict: StateDict, device
-                  ) -> Dict[str, "ttnn.Tensor"]:
-    """Build, check and upload every spec; returns converted name -> resident device tensor."""
+def convert_specs(specs: List[TensorSpec], state_dict: StateDict, device,
+                  l1_groups: Tuple[str, ...] = ()) -> Dict[str, "ttnn.Tensor"]:
+    """Build, check and upload every spec (groups in `l1_groups` to L1); name -> device tensor."""
     out: Dict[str, "ttnn.Tensor"] = {}
     for spec in specs:
         host = spec.build(state_dict)
@@ -330,14 +415,16 @@ def convert_specs(specs: List[TensorSpec], state_dict: StateDict, device
             msg = (f"converted tensor {spec.name} has shape {tuple(host.shape)}, expected "
                    f"{spec.shape}; the state dict does not match the config")
             raise CheckpointError(msg)
-        out[spec.name] = to_device(host, spec.dtype, spec.layout, device)
+        out[spec.name] = to_device(host, spec.dtype, spec.layout, device,
+                                   spec.group in l1_groups)
     return out
 
 
-def convert_pi0_weights(state_dict: StateDict, cfg: PI0Config, device,
-                        dtypes: WeightDtypes) -> Dict[str, "ttnn.Tensor"]:
-    """Convert the whole model once (all of weight_plan)."""
-    return convert_specs(weight_plan(cfg, dtypes), state_dict, device)
+def convert_pi0_weights(state_dict: StateDict, cfg: PI0Config, device, dtypes: WeightDtypes,
+                        layout: WeightLayout = WeightLayout()) -> Dict[str, "ttnn.Tensor"]:
+    """Convert the whole model once (all of weight_plan); RoPE tables in L1 when asked."""
+    return convert_specs(weight_plan(cfg, dtypes, layout), state_dict, device,
+                         ("rope",) if layout.l1_rope else ())
 
 
 def convert_suffix_weights_to_ttnn(torch_weights: StateDict, device, config: PI0Config,

@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from pi0_ttnn_node.action_queue import ActionScheduler, LatencyTracker, ScheduleConfig
+from pi0_ttnn_node.control.action_queue import ActionScheduler, ScheduleConfig
+from pi0_ttnn_node.control.latency import LatencyTracker
 from pi0_ttnn_node.errors import ConfigError
-from pi0_ttnn_node.safety import Limits, TrajectoryLimiter
+from pi0_ttnn_node.control.safety import Limits, TrajectoryLimiter
 
 DT = 0.02
 T0 = 10.0
@@ -15,8 +16,9 @@ N = 2
 
 def _sched(latency=None, limiter=None, **cfg) -> ActionScheduler:
     tracker = LatencyTracker()
-    if latency is not None:
-        tracker.seed([latency] * 10)
+    if latency is not None:  # live measurements (warm-up seeds would give way to the first one)
+        for _ in range(10):
+            tracker.add(latency)
     return ActionScheduler(ScheduleConfig(**cfg), N, limiter=limiter, latency=tracker)
 
 
@@ -87,11 +89,40 @@ def test_a_skipped_inference_frees_the_slot_and_is_not_counted_as_a_failure():
     assert s.counters["inference_skipped"] == 1 and "inference_failed" not in s.counters
 
 
-def test_latency_is_measured_from_request_to_chunk():
+def test_latency_is_measured_from_request_to_chunk_in_whole_ticks():
     s = _sched()
     rid = s.mark_inference_started(T0)
+    # chunks are taken at ticks: 70 ms is 3.5 ticks, counted as 4 (timer jitter < dt/2 drops out)
     s.on_chunk(_ramp(), T0, T0 + 0.07, rid, current_state=np.zeros(N))
-    assert s.latency.last == pytest.approx(0.07) and s.delay_steps == 4
+    assert s.latency.last == pytest.approx(0.08) and s.delay_steps == 4
+    rid = s.mark_inference_started(T0 + 1.0)
+    s.on_chunk(_ramp(), T0 + 1.0, T0 + 1.0 + 0.079, rid, current_state=np.zeros(N))
+    assert s.latency.last == pytest.approx(0.08)
+
+
+def test_warmup_seed_stands_in_only_until_the_first_live_latency():
+    tracker = LatencyTracker()
+    tracker.seed([2.1, 3.3])  # first calls after an install, disk still busy
+    assert tracker.provisional and tracker.p95 > 3.0
+    tracker.add(0.06)
+    assert not tracker.provisional and tracker.count == 1 and tracker.p95 == pytest.approx(0.06)
+
+
+def test_sync_fallback_ends_once_live_latencies_are_fast_again():
+    s = _sched(max_delay_steps=20, execute_steps=10)
+    now = T0
+    for latency in (0.9, 0.9, 0.9):  # slow live inferences: p95 46 steps > 20
+        rid = s.mark_inference_started(now)
+        s.on_chunk(_ramp(), now, now + latency, rid, current_state=np.zeros(N))
+        now += 2.0
+    assert s.effective_mode == "sync"
+    modes = []
+    for _ in range(5):  # fast ones: 3 steps each
+        rid = s.mark_inference_started(now)
+        modes.append(s.on_chunk(_ramp(), now, now + 0.06, rid, current_state=np.zeros(N)).mode)
+        now += 2.0
+    assert modes == ["sync"] * 4 + ["async"] and s.effective_mode == "async"
+    assert s.counters["latency_recovered"] == 1 and s.delay_steps == 3
 
 
 def test_replace_switches_to_the_new_chunk_and_reports_the_boundary_jump():

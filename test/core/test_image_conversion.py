@@ -1,7 +1,6 @@
 """Raw and compressed image conversion: every encoding, step padding, every rejection reason."""
 import array
 import struct
-import time
 
 import cv2
 import numpy as np
@@ -172,11 +171,9 @@ def test_huge_compressed_image_is_rejected_from_its_header_without_decoding(make
     monkeypatch.setattr(cv2, "imdecode", no_decode)
     data = make(7680, 4320)
     assert check_compressed_image("jpeg", make(640, 480)) == (640, 480)
-    start = time.perf_counter()
-    with pytest.raises(ImageRejected) as err:
+    with pytest.raises(ImageRejected) as err:  # refused from the header: imdecode never runs
         compressed_image_to_rgb("jpeg", data)
     assert err.value.reason == "image_too_large"
-    assert time.perf_counter() - start < 0.01
 
 
 def test_jpeg_header_parser_reads_real_encoder_output():
@@ -186,12 +183,44 @@ def test_jpeg_header_parser_reads_real_encoder_output():
     assert decode().shape == (37, 53, 3)
 
 
-def test_bgr8_640x480_converts_in_under_half_a_millisecond():
-    data = np.random.default_rng(1).integers(0, 256, 480 * 640 * 3, dtype=np.uint8).tobytes()
-    raw_image_to_rgb("bgr8", 480, 640, 640 * 3, data)
-    times = []
-    for _ in range(50):
-        start = time.perf_counter()
-        raw_image_to_rgb("bgr8", 480, 640, 640 * 3, data)
-        times.append(time.perf_counter() - start)
-    assert np.median(times) < 0.5e-3
+def _frame(h, w, encoding, seed=3):
+    channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+@pytest.mark.parametrize("hw, pad", [((48, 64), 0), ((48, 64), 5), ((64, 48), 3), ((30, 64), 0),
+                                     ((224, 224), 2), ((20, 20), 0)])
+def test_decoding_to_the_model_size_equals_decoding_then_resizing(encoding, hw, pad):
+    """Resizing before the colour conversion is bit-identical to preprocessing.resize_with_pad
+    on the converted frame (both per channel), for every encoding, shape and row padding."""
+    from pi0_ttnn_node.preprocessing import resize_with_pad
+
+    step, data = _pack(_frame(*hw, encoding), pad)
+    full = raw_image_to_rgb(encoding, hw[0], hw[1], step, data)
+    expected = resize_with_pad(full, 32, 32)
+    direct = raw_image_to_rgb(encoding, hw[0], hw[1], step, data, target_size=(32, 32))
+    assert direct.shape == (32, 32, 3) and direct.flags.c_contiguous
+    np.testing.assert_array_equal(direct, expected)
+    decoded = raw_image_decoder(encoding, hw[0], hw[1], step, data, target_size=(32, 32))()
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_compressed_decoding_to_the_model_size_equals_decoding_then_resizing():
+    from pi0_ttnn_node.preprocessing import resize_with_pad
+
+    img = _frame(48, 64, "bgr8")
+    for ext in (".png", ".jpg"):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        full = compressed_image_to_rgb(ext[1:], data)
+        direct = compressed_image_decoder(ext[1:], data, target_size=(32, 32))()
+        np.testing.assert_array_equal(direct, resize_with_pad(full, 32, 32))
+
+
+def test_decoding_to_the_model_size_does_not_alias_the_message_buffer():
+    img = _frame(32, 32, "rgb8")
+    buf = bytearray(img.tobytes())
+    out = raw_image_to_rgb("rgb8", 32, 32, 96, buf, target_size=(32, 32))
+    buf[:3] = b"\x00\x00\x00"
+    assert out[0, 0].tolist() == img[0, 0].tolist()

@@ -49,15 +49,49 @@ def test_names_and_positions_length_mismatch_is_rejected():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_position_rejects_the_message_and_the_observation_until_replaced(bad):
+def test_non_finite_position_is_refused_at_input_and_the_other_joints_still_update(bad):
     cache = JointStateCache(["a1", "a2"])
     cache.add(1.0, ["a1", "a2"], [1.0, 2.0])
-    assert _reason(cache.add, 1.05, ["a1", "a2"], [bad, 2.5]).reason == "nonfinite_state"
+    err = _reason(cache.add, 1.05, ["a1", "a2"], [bad, 2.5])
+    assert err.reason == "nonfinite_state" and "a1" in err.detail and "a2=" not in err.detail
+    # a2's new value was stored; a1's refused sample blocks observations until replaced
+    assert cache._hist[1].values[-1] == 2.5
     assert _reason(cache.lookup, 1.06, 0.1).reason == "nonfinite_state"
     # before the bad sample the old state is still valid
     np.testing.assert_array_equal(cache.lookup(1.01, 0.1), [1.0, 2.0])
     cache.add(1.07, ["a1", "a2"], [1.1, 2.1])
     np.testing.assert_array_equal(cache.lookup(1.08, 0.1), [1.1, 2.1])
+
+
+@pytest.mark.parametrize("bad", [1e300, -1e300, 1000.5])
+def test_position_beyond_max_abs_position_is_refused_with_its_own_reason(bad):
+    cache = JointStateCache(["a1", "a2", "a3"], max_abs_position=1000.0)
+    cache.add(1.0, ["a1", "a2", "a3"], [0.1, 0.2, 0.3])
+    err = _reason(cache.add, 1.05, ["a3", "a2", "a1"], [0.33, bad, 0.11])
+    assert err.reason == "position_out_of_range" and "a2=" in err.detail
+    assert "max_abs_position" in str(err)
+    assert [h.values[-1] for h in (cache._hist[0], cache._hist[2])] == [0.11, 0.33]
+    assert _reason(cache.lookup, 1.06, 0.1).reason == "position_out_of_range"
+    cache.add(1.07, ["a2"], [999.0])  # within the bound: accepted, the joint is usable again
+    np.testing.assert_array_equal(cache.lookup(1.08, 0.1), [0.11, 999.0, 0.33])
+
+
+def test_unused_joints_are_not_checked_against_the_bound():
+    cache = JointStateCache(["a1"], max_abs_position=1.0)
+    assert cache.add(1.0, ["a1", "wheel"], [0.5, 1e300]) == 1
+
+
+@pytest.mark.parametrize("stamp", [-3.0, -1e-9, math.nan, -math.inf])
+def test_negative_or_non_finite_stamps_are_refused_even_with_a_receipt_time(stamp):
+    cache = JointStateCache(["a1"])
+    assert _reason(cache.add, stamp, ["a1"], [1.0], 5.0).reason == "invalid_stamp"
+    assert cache.latest_stamp() is None and cache.zero_stamps == 0
+
+
+def test_bad_max_abs_position_is_a_configuration_error():
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError):
+            JointStateCache(["a1"], max_abs_position=bad)
 
 
 def test_stale_state_is_rejected_with_the_age():
@@ -92,7 +126,7 @@ def test_out_of_order_samples_from_two_sources_are_kept_sorted():
 
 
 def test_history_is_bounded_by_time_and_by_count():
-    cache = JointStateCache(["a1"], history_s=0.5)
+    cache = JointStateCache(["a1"], history_s=0.5, max_abs_position=1e6)
     for i in range(3 * MAX_SAMPLES_PER_JOINT):
         cache.add(1.0 + i * 1e-4, ["a1"], [float(i)])
     assert len(cache._hist[0].stamps) == MAX_SAMPLES_PER_JOINT
@@ -104,7 +138,7 @@ def test_zero_stamp_falls_back_to_receipt_time_or_is_rejected_without_one():
     cache = JointStateCache(["a1"])
     assert _reason(cache.add, 0.0, ["a1"], [1.0]).reason == "zero_stamp"
     cache.add(0.0, ["a1"], [1.0], receipt_time=2.0)
-    assert cache.latest_stamp() == 2.0
+    assert cache.latest_stamp() == 2.0 and cache.zero_stamps == 1
 
 
 def test_reset_forgets_everything():

@@ -150,6 +150,29 @@ def test_zero_stamp_falls_back_to_receipt_time_and_needs_one():
     assert err.value.reason == "zero_stamp"
 
 
+@pytest.mark.parametrize("stamp", [-100.0, -1e-9, float("nan"), float("inf")])
+def test_negative_or_non_finite_stamps_are_refused_not_taken_as_zero(stamp):
+    asm = _assembler()
+    with pytest.raises(ObservationRejected) as err:
+        asm.add_image("base", stamp, _img(), receipt_time=T)
+    assert err.value.reason == "invalid_stamp"
+    assert asm.frame_stamps() == {} and asm.zero_stamps == 0
+
+
+def test_zero_stamps_are_counted():
+    asm = _assembler()
+    asm.add_image("base", 0.0, _img(), receipt_time=T)
+    asm.add_image("base", 0.0, _img(), receipt_time=T + 0.1)
+    assert asm.zero_stamps == 2
+
+
+def test_default_instruction_follows_the_topic_rules():
+    asm = _assembler(default_instruction=" tidy\n\tup \u202e")
+    assert asm.instruction == "tidy up"
+    with pytest.raises(ConfigError, match="instruction_too_long"):
+        SyncConfig(default_instruction="x" * 2001)
+
+
 def test_older_frame_does_not_replace_a_newer_one():
     asm = _assembler()
     _ready(asm)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pi0_ttnn_node.errors import ConfigError, InferenceError
-from pi0_ttnn_node.safety import (Limits, TrajectoryLimiter, finite_difference_velocities,
+from pi0_ttnn_node.control.safety import (Limits, TrajectoryLimiter, finite_difference_velocities,
                                   to_absolute)
 
 DT = 0.02

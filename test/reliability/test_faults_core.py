@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from pi0_ttnn_node.action_queue import ActionScheduler, ScheduleConfig
-from pi0_ttnn_node.backends import BackendOptions, create_backend
+from pi0_ttnn_node.backends import BackendSpec, create_backend
 from pi0_ttnn_node.checkpoint import load_checkpoint
+from pi0_ttnn_node.control.action_queue import ActionScheduler, ScheduleConfig
+from pi0_ttnn_node.control.pipeline import Prepared
 from pi0_ttnn_node.embedded import ensure_embedded_checkpoint
 from pi0_ttnn_node.errors import (BackendUnavailableError, CheckpointError, ConfigError,
                                   InferenceError, TokenizerError)
-from pi0_ttnn_node.fault_injection import FaultInjectingBackend, FaultPlan
+from pi0_ttnn_node.fault_injection import FaultInjectingBackend, FaultPlan, inject_faults
 from pi0_ttnn_node.policy import Pi0Policy, PolicyConfig
 from pi0_ttnn_node.preprocessing import Observation
 from pi0_ttnn_node.ros.inference_worker import InferenceWorker
@@ -48,9 +49,9 @@ def observation(embedded) -> Observation:
 
 
 def policy_with(embedded: Path, fault: str = "", **cfg) -> Pi0Policy:
-    options = BackendOptions(extra={"fault_injection": fault} if fault else {})
-    return Pi0Policy.load(PolicyConfig(str(embedded), num_steps=1, noise_seed=0, options=options,
-                                       **cfg))
+    """A policy as the node's loader builds it: faults wrapped by inject_faults only."""
+    return inject_faults(Pi0Policy.load(PolicyConfig(str(embedded), num_steps=1, noise_seed=0,
+                                                     **cfg)), fault)
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def test_tokenizer_path_that_is_a_directory_is_refused_before_reading(embedded, 
 
 def test_unknown_backend_name_raises_config_error(embedded):
     with pytest.raises(ConfigError, match="unknown backend 'tensorflow'"):
-        Pi0Policy.load(PolicyConfig(str(embedded), backend="tensorflow"))
+        Pi0Policy.load(PolicyConfig(str(embedded), spec=BackendSpec("tensorflow")))
 
 
 def test_device_unavailable_at_load_raises_backend_unavailable(embedded):
@@ -154,8 +155,9 @@ def test_device_lost_mid_run_fails_from_the_nth_call_and_recovers_when_cleared(
 def test_wrapper_is_absent_unless_asked_for(embedded, observation):
     policy = policy_with(embedded)
     assert not isinstance(policy.backend, FaultInjectingBackend)
-    backend = create_backend("torch", load_checkpoint(embedded),
-                             BackendOptions(extra={"fault_injection": "mode=nan,num_calls=1"}))
+    assert not isinstance(create_backend(BackendSpec(), load_checkpoint(embedded)),
+                          FaultInjectingBackend)  # the production factory never wraps
+    backend = inject_faults(policy_with(embedded), "mode=nan,num_calls=1").backend
     assert isinstance(backend, FaultInjectingBackend)
     assert backend.is_faulty(1) and not backend.is_faulty(2)
     backend.clear()
@@ -166,7 +168,8 @@ def run_worker(policy: Pi0Policy, observation: Observation, n: int):
     """Drive the node's real InferenceWorker n times; return (results, failures)."""
     results, failures, done = [], [], threading.Semaphore(0)
     worker = InferenceWorker(
-        lambda spec: policy, lambda p: [], lambda: observation,
+        lambda spec: policy, lambda p: [],
+        lambda request_id, p: Prepared(observation, p.noise.draw(p.noise_shape(1)), None, 0),
         lambda r: (results.append(r), done.release()),
         lambda i, err: done.release(),
         lambda stage, i, err: (failures.append((stage, err)), done.release()),

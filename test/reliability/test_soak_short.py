@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pi0_ttnn_node.safety import Limits
+from pi0_ttnn_node.control.safety import Limits
 from pi0_ttnn_node.tools.soak import Soak, SoakConfig, unsafe_points
 
 

@@ -159,7 +159,7 @@ class Session:
         return self.node._state_machine.current_state[1]
 
     def bring_up(self) -> None:
-        from pi0_ttnn_node.ros.node import autostart
+        from pi0_ttnn_node.ros.process import autostart
         assert autostart(self.node), f"node did not reach active: {self.state}"
 
 

@@ -16,6 +16,7 @@ import yaml
 from rclpy.executors import SingleThreadedExecutor
 from trajectory_msgs.msg import JointTrajectory
 
+from pi0_ttnn_node.control.node_config import build_node_config
 from pi0_ttnn_node.ros import params
 from ros_harness import PARAMS_FILE, REPO, Driver, make_node
 from test_ros_params import flatten
@@ -46,14 +47,15 @@ def test_launch_file_names_the_console_script_and_the_shipped_params_file():
     consts = launch_constants()
     assert "generate_launch_description" in consts["functions"]
     assert consts["arguments"] == ["params_file", "use_sim_time", "backend", "namespace",
-                                   "dry_run"]
+                                   "dry_run", "instruction"]
     assert 'f"{PACKAGE} = {PACKAGE}.ros.node:main"' in (REPO / "setup.py").read_text()
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts.get(consts["EXECUTABLE"]) == "pi0_ttnn_node.ros.node:main", \
         "the installed package lacks the console script; run pip install -e ."
     assert consts["PACKAGE"] == consts["EXECUTABLE"] == "pi0_ttnn_node"
     text = LAUNCH_FILE.read_text()
-    for key in ('"policy.backend"', '"safety.dry_run"', '"use_sim_time"', "LifecycleNode("):
+    for key in ('"policy.backend"', '"safety.dry_run"', '"use_sim_time"', '"instruction.default"',
+                "LifecycleNode("):
         assert key in text, key
     assert set(params.SPECS) >= {"policy.backend", "safety.dry_run"}
     assert (REPO / "config" / consts["DEFAULT_PARAMS"]) == PARAMS_FILE and PARAMS_FILE.is_file()
@@ -81,7 +83,7 @@ def test_example_configs_only_use_declared_parameters_and_validate():
         values = dict(base, **dict(flatten(raw["pi0_ttnn_node"]["ros__parameters"])))
         # backend availability depends on the machine, not on the file
         values["policy.backend"], values["policy.shadow_backend"] = "torch", ""
-        cfg = params.build_node_config(values)
+        cfg = build_node_config(values)
         assert len(cfg.action_joint_names) == len(cfg.position_lower), name
 
 

@@ -13,7 +13,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from pi0_ttnn_node.ros import conversions
-from pi0_ttnn_node.ros.params import backend_available
+from pi0_ttnn_node.control.parameters import backend_available
 from ros_harness import Session, assert_valid_trajectory, policy_status, wait_for
 
 

@@ -58,7 +58,7 @@ def test_configure_failure_leaves_the_node_unconfigured_with_a_reason(overrides,
 
 
 def test_autostart_parameter_brings_a_plain_run_to_active():
-    from pi0_ttnn_node.ros.node import autostart
+    from pi0_ttnn_node.ros.process import autostart
 
     with Session({"autostart": True}) as s:
         assert s.node.get_parameter("autostart").value is True

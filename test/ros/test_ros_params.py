@@ -9,8 +9,10 @@ import rclpy
 import yaml
 from rclpy.parameter import Parameter
 
+from pi0_ttnn_node.control.node_config import build_node_config
 from pi0_ttnn_node.errors import ConfigError
 from pi0_ttnn_node.ros import params
+from pi0_ttnn_node.ttnn_backend.ttnn_config import knob_params
 from ros_harness import PARAMS_FILE
 
 
@@ -29,19 +31,19 @@ def flatten(tree: dict, prefix: str = ""):
 
 def test_every_parameter_has_a_description_and_only_runtime_ones_are_writable():
     runtime = {s.name for s in params.PARAMETERS if s.runtime}
+    ttnn = {"policy.ttnn_" + row.name for row in knob_params(prefix="")}
     assert runtime == {"policy.backend", "policy.shadow_backend", "policy.torch_device",
-                       "policy.torch_dtype", "policy.ttnn_device_id", "policy.ttnn_emulate",
-                       "policy.ttnn_use_trace", "policy.fault_injection",
-                       "instruction.default", "safety.dry_run"}
+                       "policy.torch_dtype", "policy.fault_injection",
+                       "instruction.default", "safety.dry_run"} | ttnn
     for spec in params.PARAMETERS:
-        desc = spec.descriptor()
+        desc = params.descriptor(spec)
         assert len(spec.description) > 15, spec.name
         assert desc.read_only == (spec.name not in runtime)
     assert len(params.SPECS) == len(params.PARAMETERS)
 
 
 def test_shipped_params_file_builds_a_node_config():
-    cfg = params.build_node_config(shipped_values())
+    cfg = build_node_config(shipped_values())
     assert cfg.primary_camera == "base_0_rgb"
     assert [c.transport for c in cfg.cameras] == ["raw"] * 3
     assert cfg.action_dims == tuple(range(7))
@@ -66,7 +68,7 @@ def test_build_node_config_names_the_faulty_parameter(name, value, fragment):
     values = shipped_values()
     values[name] = value
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
-        params.build_node_config(values)
+        build_node_config(values)
 
 
 def test_validator_refuses_non_finite_unknown_backend_and_twin_ttnn_shadow():
@@ -101,3 +103,32 @@ def test_live_node_declares_every_parameter_and_rejects_bad_runtime_sets():
         node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_ttnn_parameters_are_generated_from_the_knob_table_not_written_by_hand():
+    rows = knob_params()
+    names = [s.name for s in params.PARAMETERS if s.name.startswith("policy.ttnn_")]
+    assert names == [r.name for r in rows] and "policy.ttnn_use_trace" not in params.SPECS
+    for row in rows:
+        spec = params.SPECS[row.name]
+        assert (spec.default, spec.choices, spec.low, spec.high) == \
+            (row.default, tuple(row.choices), row.low, row.high)
+    values = shipped_values()
+    values.update({"policy.backend": "ttnn", "policy.ttnn_preset": "fast",
+                   "policy.ttnn_fidelity_denoise": "HiFi4", "policy.ttnn_emulate": True})
+    spec = build_node_config(values).backend
+    assert spec.backend == "ttnn" and spec.ttnn.emulate and spec.ttnn.trace == "whole"
+    assert spec.ttnn.fidelity_denoise == "HiFi4" and spec.ttnn.fidelity_vision == "HiFi2"
+
+
+def test_backend_changes_map_parameter_sets_to_worker_requests():
+    from pi0_ttnn_node.ros.policy_loader import backend_changes
+
+    values = shipped_values()
+    primary, shadow_changed, _ = backend_changes({"policy.torch_dtype"}, values)
+    assert primary.label() == "torch/cpu/float32" and not shadow_changed
+    values.update({"policy.fault_injection": "mode=nan", "policy.shadow_backend": "torch"})
+    primary, shadow_changed, shadow = backend_changes({"policy.ttnn_fidelity_denoise"}, values)
+    assert primary.label().endswith("(FAULT INJECTION)") and primary.fault_injection == "mode=nan"
+    assert shadow_changed and shadow.label() == "torch/cpu/float32"  # never with faults
+    assert backend_changes({"safety.dry_run"}, values)[:2] == (None, False)

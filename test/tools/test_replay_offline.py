@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pi0_ttnn_node import bag_tools as bt
+from pi0_ttnn_node.errors import ConfigError
 from pi0_ttnn_node.tools import replay
 
 FAST = ["--num-steps", "2", "--no-progress", "--warmup", "0"]
@@ -29,8 +30,21 @@ def demo_bag(tmp_path_factory):
                             transport="compressed", storage="sqlite3")
 
 
+# the random demo model's first actions are far from the bag's joint states: limits wide enough
+# that the node (and so replay, which applies the node's limits) accepts its chunks
+WIDE_LIMITS = """pi0_ttnn_node:
+  ros__parameters:
+    limits: {position_lower: [-10.0, -10.0, -10.0, -10.0, -10.0, -10.0, -10.0],
+             position_upper: [10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
+             max_velocity: [100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0],
+             max_start_jump: 100.0}
+"""
+
+
 def _run(bag, out, *extra):
-    code = replay.main([str(bag), "--out", str(out), *FAST, *extra])
+    wide = Path(str(out) + "_limits.yaml")
+    wide.write_text(WIDE_LIMITS)
+    code = replay.main([str(bag), "--out", str(out), *FAST, "--params-file", str(wide), *extra])
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
         else None
     return code, report
@@ -123,6 +137,8 @@ def test_params_file_sets_rate_topics_and_joints_like_the_node(demo_bag, tmp_pat
         "      required: [true]\n"
         f"    state:\n      joint_names: {list(bt.DEMO_JOINTS)}\n"
         f"    action:\n      joint_names: [joint_2, joint_1]\n      dims: [1, 0]\n"
+        "    limits:\n      position_lower: [-10.0, -10.0]\n      position_upper: [10.0, 10.0]\n"
+        "      max_velocity: [100.0, 100.0]\n"
         "    schedule:\n      execute_steps: 5\n")
     code, report = _run(demo_bag, tmp_path / "p", "--params-file", str(params), "--no-plots")
     assert code == 0 and report["ticks"]["total"] == 12 and report["control_rate_hz"] == 10.0
@@ -133,13 +149,21 @@ def test_params_file_sets_rate_topics_and_joints_like_the_node(demo_bag, tmp_pat
     assert msg.points[1].time_from_start.nanosec == 100_000_000
 
 
-def test_replay_defaults_are_the_nodes_parameter_defaults():
-    params = pytest.importorskip("pi0_ttnn_node.ros.params", reason="needs rclpy for the table")
-    from pi0_ttnn_node.tools.replay_inputs import NODE_DEFAULTS
+def test_replay_reads_the_nodes_table_and_params_files_without_a_copy(tmp_path):
+    from pi0_ttnn_node.control import parameters
+    from pi0_ttnn_node.tools import replay_inputs
 
-    for name, value in NODE_DEFAULTS.items():
-        spec = params.SPECS[name]
-        assert (spec.default if spec.default is not None else []) == value, name
+    assert not hasattr(replay_inputs, "NODE_DEFAULTS")  # no second table of defaults
+    extra = tmp_path / "x.yaml"
+    extra.write_text("pi0_ttnn_node:\n  ros__parameters:\n    merge: {mode: rtc}\n")
+    values = replay_inputs.replay_values([str(extra)], "pi0_ttnn_node", {"control_rate_hz": 10.0})
+    assert set(values) == set(parameters.SPECS)
+    shipped = parameters.load_params_file(parameters.shipped_params_file())
+    assert values["limits.max_velocity"] == shipped["limits.max_velocity"]
+    assert values["merge.mode"] == "rtc" and values["control_rate_hz"] == 10.0
+    extra.write_text("pi0_ttnn_node:\n  ros__parameters:\n    merge: {mdoe: rtc}\n")
+    with pytest.raises(ConfigError, match="merge.mdoe"):
+        replay_inputs.replay_values([str(extra)], "pi0_ttnn_node", {})
 
 
 def test_replay_without_any_buildable_observation_writes_the_report_and_exits_8(demo_bag,
@@ -164,7 +188,9 @@ def test_bag_without_instruction_exits_4_unless_a_default_is_given(tmp_path, cap
             t = bt.DEMO_START_NS + i * 20_000_000
             bag.add_image("/cam_high/image_raw", t, np.zeros((48, 64, 3), np.uint8))
             bag.add_joint_state("/joint_states", t, bt.DEMO_JOINTS, np.zeros(8))
-    assert _run(tmp_path / "b", tmp_path / "x")[0] == 4
+    no_default = tmp_path / "no_default.yaml"  # the shipped params file sets a default text
+    no_default.write_text('pi0_ttnn_node:\n  ros__parameters:\n    instruction: {default: ""}\n')
+    assert _run(tmp_path / "b", tmp_path / "x", "--params-file", str(no_default))[0] == 4
     assert "--instruction" in capsys.readouterr().err
     code, report = _run(tmp_path / "b", tmp_path / "y", "--instruction", "wave", "--no-plots")
     assert code == 0 and report["inputs"]["instruction_topic"] is None

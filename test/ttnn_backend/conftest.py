@@ -22,22 +22,26 @@ from pi0_ttnn_node.ttnn_backend.runtime import (TtRuntimeConfig, card_present,  
                                                 import_ttnn, open_tt_device)
 
 ttnn = import_ttnn(emulate=not card_present())
+from pi0_ttnn_node.ttnn_backend.ttnn_config import resolve_runtime_config  # noqa: E402
+
 BATCH = 2
 TRACE_REGION = 80_000_000
+WEIGHT_GROUPS = ("vision", "vlm", "expert", "heads")
 
 
 def make_config(model_type: str, size: str) -> PI0Config:
-    """`tiny`: the embedded model. `mid`: about 2x its widths, 3 Gemma layers, 32-wide heads."""
+    """`tiny`: the embedded model. `mid`: every width >= 256, 3 SigLIP and 4 Gemma layers, SigLIP
+    heads of 72 (padded to 96 like So400m), Gemma heads of 64 (rotary_embedding-sized)."""
     cfg = tiny_config(model_type)
     if size == "tiny":
         return cfg
     return dataclasses.replace(
         cfg,
-        vision=SiglipConfig(hidden_size=96, intermediate_size=176, num_layers=2, num_heads=4),
-        vlm=GemmaConfig(width=160, depth=3, mlp_dim=256, num_heads=8, num_kv_heads=1, head_dim=32,
+        vision=SiglipConfig(hidden_size=288, intermediate_size=576, num_layers=3, num_heads=4),
+        vlm=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=64,
                         vocab_size=cfg.vlm.vocab_size),
-        expert=GemmaConfig(width=96, depth=3, mlp_dim=144, num_heads=8, num_kv_heads=1,
-                           head_dim=32, use_adarms=cfg.is_pi05))
+        expert=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1,
+                           head_dim=64, use_adarms=cfg.is_pi05))
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,15 +79,28 @@ def tt(request):
     if request.param == "card":
         if not card_present():
             pytest.skip("no Tenstorrent card")
-        handle = open_tt_device(TtRuntimeConfig(trace_region_size=TRACE_REGION))
+        handle = open_tt_device(TtRuntimeConfig(trace_region_size=TRACE_REGION,
+                                                num_command_queues=2))
     else:
-        handle = open_tt_device(TtRuntimeConfig(emulate=True, trace_region_size=TRACE_REGION))
+        handle = open_tt_device(TtRuntimeConfig(emulate=True, trace_region_size=TRACE_REGION,
+                                                num_command_queues=2))
     yield handle
     handle.close()
 
 
-def runtime_config(handle, weight_dtype: str, use_trace: bool = False) -> TtRuntimeConfig:
-    return dataclasses.replace(handle.cfg, weight_dtype=weight_dtype, use_trace=use_trace)
+def runtime_config(handle, weight_dtype: str = "bfloat16", use_trace: bool = False,
+                   preset: str = "", **knobs) -> TtRuntimeConfig:
+    """The open device's config with every weight group in `weight_dtype` (or a preset's
+    precision and techniques) and the denoise trace on/off; `knobs` override single values."""
+    base = handle.cfg
+    if preset:
+        base = resolve_runtime_config(preset, {f.name: getattr(handle.cfg, f.name) for f in
+                                               dataclasses.fields(handle.cfg)
+                                               if not f.metadata["preset"]})
+    else:
+        base = dataclasses.replace(base, trace="denoise" if use_trace else "off",
+                                   **{f"weight_dtype_{g}": weight_dtype for g in WEIGHT_GROUPS})
+    return dataclasses.replace(base, **knobs)
 
 
 def upload(handle, tensor: torch.Tensor, dtype=None, layout=None):

@@ -45,7 +45,7 @@ def test_a_real_device_is_opened_with_the_config_and_closed_exactly_once(monkeyp
         device.closed += 1
 
     monkeypatch.setattr(ttnn, "close_device", close)
-    cfg = TtRuntimeConfig(trace_region_size=80_000_000, num_command_queues=2, use_trace=True)
+    cfg = TtRuntimeConfig(trace_region_size=80_000_000, num_command_queues=2, trace="whole")
     handle = open_tt_device(cfg)
     assert seen == dict(device_id=0, l1_small_size=24576, trace_region_size=80_000_000, num_command_queues=2)
     with pytest.raises(BackendUnavailableError, match="already open"):
@@ -85,11 +85,11 @@ def test_shipped_descriptors_exist_for_both_boards():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("weight_dtype", "bfloat4"), ("matmul_fidelity", "HiFi5"), ("num_command_queues", 3),
-    ("emulated_board", "galaxy"), ("use_trace", True),
+    ("weight_dtype_vlm", "bfloat4"), ("fidelity_denoise", "HiFi5"), ("num_command_queues", 3),
+    ("emulated_board", "galaxy"), ("trace", "whole"), ("kv_cache_dtype", "int8"),
 ])
 def test_runtime_config_rejects_bad_values(field, value):
-    with pytest.raises(ConfigError, match=field if field != "use_trace" else "trace_region_size"):
+    with pytest.raises(ConfigError, match=field if field != "trace" else "trace_region_size"):
         TtRuntimeConfig(**{field: value})
 
 

@@ -8,22 +8,23 @@ calls on_chunk.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Deque, Dict, Iterable, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
+from pi0_ttnn_node.control.latency import LatencyTracker
+from pi0_ttnn_node.control.safety import ClipReport, TrajectoryLimiter, finite_difference_velocities
 from pi0_ttnn_node.errors import ConfigError
-from pi0_ttnn_node.safety import ClipReport, TrajectoryLimiter, finite_difference_velocities
 
 logger = logging.getLogger(__name__)
 
 MODES = ("async", "sync")
-MERGES = ("replace", "blend")
+MERGES = ("replace", "blend", "rtc")  # rtc: the chunk itself continues the queue; spliced as-is
+RECOVERY_SAMPLES = 5  # this many live latencies in a row within max_delay_steps end sync mode
 _EPS = 1e-6  # seconds; an action due within this of now counts as already commanded
 
 
@@ -38,6 +39,7 @@ class ScheduleConfig:
     merge: str = "replace"
     blend_steps: int = 5
     control_rate_hz: float = 50.0
+    min_latency_s: float = 0.0  # a chunk is used no earlier than this after its request
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,6 +52,8 @@ class ScheduleConfig:
         for name in ("margin_steps", "max_delay_steps"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"schedule.{name} must be >= 0; got {getattr(self, name)}")
+        if not (math.isfinite(self.min_latency_s) and self.min_latency_s >= 0):
+            raise ConfigError(f"schedule.min_latency_s must be >= 0; got {self.min_latency_s}")
         rate = self.control_rate_hz
         if not (math.isfinite(rate) and rate > 0):
             raise ConfigError(f"control_rate_hz must be a positive finite number; got {rate}")
@@ -57,34 +61,6 @@ class ScheduleConfig:
     @property
     def dt(self) -> float:
         return 1.0 / self.control_rate_hz
-
-
-class LatencyTracker:
-    """Rolling window of inference latencies (seconds) with cached p50 / p95."""
-
-    def __init__(self, window: int = 50) -> None:
-        if window < 1:
-            raise ConfigError(f"latency window must be >= 1; got {window}")
-        self._samples: Deque[float] = collections.deque(maxlen=window)
-        self.last: Optional[float] = None
-        self.p50: Optional[float] = None
-        self.p95: Optional[float] = None
-
-    def add(self, seconds: float) -> None:
-        if not (math.isfinite(seconds) and seconds >= 0):
-            return  # a clock jump or a failed measurement carries no information
-        self._samples.append(float(seconds))
-        self.last = float(seconds)
-        self.p50, self.p95 = (float(v) for v in np.percentile(self._samples, [50, 95]))
-
-    def seed(self, samples: Iterable[float]) -> None:
-        """Seed with warm-up timings so the first trigger already knows the delay."""
-        for s in samples:
-            self.add(s)
-
-    @property
-    def count(self) -> int:
-        return len(self._samples)
 
 
 @dataclass(frozen=True)
@@ -194,6 +170,11 @@ class ActionScheduler:
         with self._lock:
             return None if self._times is None else self._interp(now)
 
+    def queue_snapshot(self) -> Optional[tuple]:
+        """(times, positions) of the queue as it stands, read-only; None when empty."""
+        with self._lock:
+            return None if self._times is None else (self._times, self._pos)
+
     def _interp(self, t: float) -> np.ndarray:
         times, pos = self._times, self._pos
         i = int(np.searchsorted(times, t, side="right"))
@@ -256,7 +237,7 @@ class ActionScheduler:
         with self._lock:
             if self._in_flight == request_id:
                 self._in_flight = None
-                self.latency.add(now - self._in_flight_since)
+                self._add_latency(now - self._in_flight_since)
             d, mode = self.delay_steps, self.effective_mode
             if mode != self._last_mode:
                 logger.warning("schedule mode now %s (p95 delay %d steps, max %d)", mode, d,
@@ -293,6 +274,19 @@ class ActionScheduler:
             self._commit(now, start, times, new, vel)
             self._count("chunk_accepted")
             return ChunkReport(True, "", dropped, d, mode, boundary_jump, new.shape[0], clip)
+
+    def _add_latency(self, seconds: float) -> None:
+        # Chunks are taken at control ticks, so the latency that matters is a whole number of
+        # ticks; rounding keeps timer jitter (< dt / 2) out of the delay estimate.
+        dt = self.config.dt
+        self.latency.add(round(seconds / dt) * dt)
+        recent = self.latency.recent(RECOVERY_SAMPLES)
+        limit = self.config.max_delay_steps
+        if self.delay_steps > limit and len(recent) == RECOVERY_SAMPLES and \
+                all(math.ceil(s / dt - 1e-9) <= limit for s in recent):
+            # slow samples from the past (first calls, a busy disk) no longer describe the loop
+            self.latency.keep_recent(RECOVERY_SAMPLES)
+            self._count("latency_recovered")
 
     def _align(self, chunk: np.ndarray, t_obs: float, now: float, mode: str):
         dt = self.config.dt
