@@ -8,6 +8,7 @@ LayerNorm gains ~1, RMSNorm and adaRMS weights small but non-zero. Written by ch
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -54,6 +55,47 @@ def tiny_config(model_type: str = "pi0") -> PI0Config:
                                 action_norm=norm),
         tokenizer_max_length=200 if is_pi05 else 48,
     )
+
+
+def mid_config(model_type: str = "pi0") -> PI0Config:
+    """A mid-size test model: every width >= 256, 3 SigLIP and 4 Gemma layers, SigLIP heads of 72
+    (padded to 96 like So400m), Gemma heads of 64 (rotary_embedding-sized). Big enough for tile
+    effects, small enough for the TTNN emulation; used by the PCC tests and the TTNN tools."""
+    cfg = tiny_config(model_type)
+    return dataclasses.replace(
+        cfg,
+        vision=SiglipConfig(hidden_size=288, intermediate_size=576, num_layers=3, num_heads=4),
+        vlm=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=64,
+                        vocab_size=cfg.vlm.vocab_size),
+        expert=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1,
+                           head_dim=64, use_adarms=cfg.is_pi05))
+
+
+def sized_config(model_type: str, size: str) -> PI0Config:
+    """`tiny` (the embedded model) or `mid` (mid_config)."""
+    if size not in ("tiny", "mid"):
+        raise ConfigError(f"size must be 'tiny' or 'mid', got {size!r}")
+    return tiny_config(model_type) if size == "tiny" else mid_config(model_type)
+
+
+def adversarial_inputs(cfg: PI0Config, seed: int = 1, batch: int = 2) -> Dict[str, object]:
+    """Model inputs for backend comparisons: row 0 has its second camera masked and a 5-token
+    prompt, row 1 a 17-token one, so padding masks and positions matter. Includes `noise`."""
+    gen = torch.Generator().manual_seed(seed)
+    size, lang = cfg.vision.image_size, cfg.tokenizer_max_length
+    images = [torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+              for _ in range(cfg.num_image_slots)]
+    img_masks = [torch.ones(batch, dtype=torch.bool) for _ in range(cfg.num_image_slots)]
+    if cfg.num_image_slots > 1 and batch > 1:
+        img_masks[1] = torch.tensor([False] + [True] * (batch - 1))
+    lang_masks = torch.zeros(batch, lang, dtype=torch.bool)
+    for row in range(batch):
+        lang_masks[row, :min(lang, 5 + 12 * row)] = True
+    tokens = torch.randint(1, cfg.vlm.vocab_size, (batch, lang), generator=gen) * lang_masks
+    state = None if cfg.is_pi05 else torch.randn(batch, cfg.max_state_dim, generator=gen)
+    noise = torch.randn(batch, cfg.chunk_size, cfg.max_action_dim, generator=gen)
+    return dict(images=images, img_masks=img_masks, lang_tokens=tokens, lang_masks=lang_masks,
+                state=state, noise=noise)
 
 
 def _init_scale(name: str, shape: tuple) -> tuple:

@@ -41,6 +41,7 @@ def test_colcon_build_installs_executables_launch_and_config(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     install = tmp_path / "install" / "pi0_ttnn_node"
     assert (install / "lib" / "pi0_ttnn_node" / "pi0_ttnn_node").is_file()
+    assert (install / "lib" / "pi0_ttnn_node" / "pi0_ttnn_multi_node").is_file()
     share = install / "share" / "pi0_ttnn_node"
     assert (share / "package.xml").is_file()
     assert sorted(p.name for p in (share / "launch").glob("*.launch.py"))

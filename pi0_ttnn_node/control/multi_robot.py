@@ -5,7 +5,9 @@ stream) and ticks them all; a core's request goes to `BatchingWorker.submit`. Th
 waits until `batch.window_s` after the oldest pending request (or until every robot that can ask
 has asked), then takes ALL pending requests and runs them as one batched call (control/batching.py).
 Since every call takes every pending request, no robot is ever more than one window behind
-another; a request that arrives while a call runs waits for that call (one backend). Each row goes
+another; a request that arrives while a call runs waits for that call (one backend). When one
+robot's request starts, robots due within `batch.align_steps` ticks ask at once too
+(`ControlCore.request_early`), so robots that started out of phase meet in one call. Each row goes
 back to its own core with its own latency. ROS-free: the node, benchmarks and tests drive it the
 same way. Counterparts: control/batching.py, control/robots.py, tools/bench_multi_robot.py.
 """
@@ -153,6 +155,10 @@ class Fleet:
                                         assemblers.get(s.name)) for s in specs}
         self.worker = BatchingWorker(policy, self.cores, window_s, now, on_report)
         self.refused: Dict[str, int] = {name: 0 for name in self.cores}
+        first = specs[0].config
+        # batch.align_steps in seconds: robots due that soon join a call that starts now
+        self.align_s = first["batch.align_steps"] * first.dt
+        self.aligned = 0  # requests started early to join another robot's call
 
     def start(self) -> None:
         self.worker.start()
@@ -165,9 +171,19 @@ class Fleet:
         already has one queued or running; the core is told so it can ask again)."""
         out: Dict[str, Tick] = {}
         for name, core in self.cores.items():
-            tick = core.tick(now)
-            if tick.request_id is not None and not self.worker.submit(name, tick.request_id):
-                self.refused[name] += 1
-                core.on_failed(tick.request_id, "inference_busy")
-            out[name] = tick
+            out[name] = tick = core.tick(now)
+            if tick.request_id is not None:
+                self._submit(name, tick.request_id)
+        if self.align_s > 0 and any(t.request_id is not None for t in out.values()):
+            for name, core in self.cores.items():
+                if out[name].request_id is None and not self.worker.busy(name):
+                    request_id = core.request_early(now, self.align_s)
+                    if request_id is not None:
+                        self.aligned += 1
+                        self._submit(name, request_id)
         return out
+
+    def _submit(self, name: str, request_id: int) -> None:
+        if not self.worker.submit(name, request_id):
+            self.refused[name] += 1
+            self.cores[name].on_failed(request_id, "inference_busy")

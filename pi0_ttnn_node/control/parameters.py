@@ -180,12 +180,16 @@ _HAND_WRITTEN: Tuple[ParamSpec, ...] = (
     _p("safety.watchdog_timeout_s", "double", 1.0, "Steady-clock time without a new input or "
        "chunk after which the node holds (works while /clock is paused).", low=0.01, high=3600.0),
     _p("diagnostics.period_s", "double", 1.0, "Period of /diagnostics.", low=0.01, high=3600.0),
-    _p("robots", "string_array", None, "Robot names served by one node (docs/multi_robot.md); "
-       "empty = one robot with today's topics. Each name gets its own namespace, control core "
-       "and `<name>.<param>` overrides of the shared values."),
+    _p("robots", "string_array", None, "Robot names served by one node, pi0_ttnn_multi_node "
+       "(docs/multi_robot.md); empty = one robot with today's topics (pi0_ttnn_node). Each name "
+       "gets its own namespace, control core and `<name>.<param>` overrides of the shared "
+       "values."),
     _p("batch.window_s", "double", 0.005, "Multi-robot: how long the inference worker waits "
        "after the first due request for other robots' requests to run them as one batched call "
        "(default a quarter of a 50 Hz period; 0 = take what is pending).", low=0.0, high=1.0),
+    _p("batch.align_steps", "integer", 5, "Multi-robot: when one robot's inference starts, "
+       "another robot whose next request is due within this many ticks asks now too, so their "
+       "requests meet in one call and stay in phase (0 = off).", low=0, high=10000),
 )
 
 

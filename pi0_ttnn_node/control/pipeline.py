@@ -164,6 +164,16 @@ class ControlCore:
         hold = self.scheduler.hold_reason if traj is None else ""
         return Tick(now, traj, hold, request_id, accepted)
 
+    def request_early(self, now: float, within_s: float) -> Optional[int]:
+        """Start a request now when the scheduler would ask within `within_s` anyway (several
+        robots: join a batched call that starts now instead of a call of its own later)."""
+        if within_s <= 0 or not self.scheduler.should_request_inference(now + within_s):
+            return None
+        request_id = self.scheduler.mark_inference_started(now)
+        with self._lock:
+            self._requests = {request_id: now}
+        return request_id
+
     def _take_due(self, now: float) -> List[InferenceResult]:
         with self._lock:
             due = [r for t, r in self._ready if t <= now + 1e-9]

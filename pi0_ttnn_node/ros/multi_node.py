@@ -75,18 +75,21 @@ class Pi0MultiRobotNode(Node):
 
     # ---- configuration -------------------------------------------------------------------------
     def _robot_overrides(self, robots: List[str]) -> Dict[str, Any]:
-        """`<robot>.<param>` values from the params file / overrides, declared read-only here
-        so `ros2 param get` shows them."""
+        """`<robot>.<param>` values from the params file / overrides (read at configure), also
+        declared so `ros2 param get` shows them; changing them later has no effect."""
         given = getattr(self, "_parameter_overrides", {})  # rclpy keeps the file's values here
         out: Dict[str, Any] = {}
         for name, param in given.items():
             head, _, rest = name.partition(".")
             if head in robots and rest in SPECS and not is_shared_only(rest):
+                out[name] = param.value
                 if not self.has_parameter(name):
-                    self.declare_parameter(name, param.value)
-                out[name] = self.get_parameter(name).value
-            elif head in robots:
-                out[name] = param.value  # refused by robot_specs with a reason
+                    try:
+                        self.declare_parameter(name, param.value)
+                    except Exception as err:  # noqa: BLE001 - e.g. an untyped [] : value kept
+                        self.get_logger().debug(f"{name} not declared: {err!r}")
+            elif head in robots or (rest in SPECS and name not in SPECS):
+                out[name] = param.value  # refused by robot_specs: shared-only or no such robot
         return out
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:

@@ -45,11 +45,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-steps", type=int, default=0, help="0: the checkpoint's steps")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--memory-report", action="store_true")
+    p.add_argument("--predict", choices=("n150", "n300", "p150"), default="",
+                   help="print the PREDICTED per-stage latency of the full-size models on this "
+                        "board with its calibration table (runs tools.predict_ttnn)")
     p.add_argument("--counts", action="store_true",
                    help="per-technique emulation counts and PCC (always emulated)")
     p.add_argument("--counts-sizes", default="tiny,mid", help="sizes for --counts")
     p.add_argument("--counts-models", default="pi0,pi05", help="models for --counts")
     p.add_argument("--json", action="store_true", help="--counts: also print the rows as JSON")
+    p.add_argument("--counts-only", default="", help="--counts: rows whose label contains this")
     p.add_argument("--counts-short", action="store_true",
                    help="--counts: merge the rows that change no op count (faster)")
     add_ttnn_arguments(p)
@@ -77,8 +81,7 @@ def load_model(args: argparse.Namespace):
 
         ckpt = load_checkpoint(args.checkpoint)
         return ckpt.config, ckpt.state_dict
-    from pi0_ttnn_node.embedded import random_state_dict, tiny_config
-    from pi0_ttnn_node.tools.ttnn_counts import mid_config
+    from pi0_ttnn_node.embedded import mid_config, random_state_dict, tiny_config
 
     if args.size == "full":
         model_cfg = PI0Config.pi05() if args.model_type == "pi05" else PI0Config.pi0()
@@ -171,7 +174,7 @@ def run_counts(args: argparse.Namespace, rc: TtRuntimeConfig) -> int:
     rows = []
     for size in args.counts_sizes.split(","):
         for model_type in args.counts_models.split(","):
-            rows += technique_table(model_type, size, base, args.counts_short)
+            rows += technique_table(model_type, size, base, args.counts_short, args.counts_only)
             print(format_table([r for r in rows if r["model"] == model_type
                                 and r["size"] == size]), flush=True)
     print("EMULATION counts (CPU), batch 1, one steady-state call; bytes = tensor sizes read + "
@@ -185,6 +188,10 @@ def run_counts(args: argparse.Namespace, rc: TtRuntimeConfig) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.predict:
+        from pi0_ttnn_node.tools import predict_ttnn
+
+        return predict_ttnn.main(["--board", args.predict])
     if args.memory_report:
         print_memory_report()
         return 0

@@ -3,7 +3,7 @@
 The emulation applies the matrix engine's numerics (math-fidelity phases, bf16 or fp32 Dest, TF32
 source registers, bf16 / bfloat8_b storage), so the presets' precision choices show here as they
 would on a card (up to what docs/ttnn_emulation.md lists as not modelled). Sizes: `tiny` is the
-embedded model; `mid` has widths >= 256 and 3 Gemma layers. Figures are EMULATED numerics, not
+embedded model; `mid` is embedded.mid_config (widths >= 256, 4 Gemma layers). Figures are EMULATED numerics, not
 hardware measurements. Usage:
     python -m pi0_ttnn_node.tools.pcc_ttnn [--models pi0 pi05] [--sizes tiny mid] [--presets accurate fast]
 """
@@ -11,51 +11,14 @@ hardware measurements. Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from pi0_ttnn_node.config import GemmaConfig, PI0Config, SiglipConfig
-from pi0_ttnn_node.embedded import random_state_dict, tiny_config
-
-
-def mid_config(model_type: str) -> PI0Config:
-    """Widths >= 256, 2 SigLIP and 3 Gemma layers, 32-wide heads (8 query heads, 1 K/V head)."""
-    cfg = tiny_config(model_type)
-    return dataclasses.replace(
-        cfg,
-        vision=SiglipConfig(hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4),
-        vlm=GemmaConfig(width=256, depth=3, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=32,
-                        vocab_size=cfg.vlm.vocab_size),
-        expert=GemmaConfig(width=256, depth=3, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=32,
-                           use_adarms=cfg.is_pi05))
-
-
-def inputs_for(cfg: PI0Config, seed: int = 1) -> Dict[str, object]:
-    """Batch of 2 with a masked camera and short prompts (the PCC tests' adversarial inputs)."""
-    gen = torch.Generator().manual_seed(seed)
-    batch, size, lang = 2, cfg.vision.image_size, cfg.tokenizer_max_length
-    images = [torch.rand(batch, 3, size, size, generator=gen) * 2 - 1 for _ in range(cfg.num_image_slots)]
-    img_masks = [torch.tensor([True, True]) for _ in range(cfg.num_image_slots)]
-    if cfg.num_image_slots > 1:
-        img_masks[1] = torch.tensor([False, True])
-    lang_masks = torch.zeros(batch, lang, dtype=torch.bool)
-    lang_masks[0, :5] = True
-    lang_masks[1, :min(lang, 17)] = True
-    tokens = torch.randint(1, cfg.vlm.vocab_size, (batch, lang), generator=gen) * lang_masks
-    state = None if cfg.is_pi05 else torch.randn(batch, cfg.max_state_dim, generator=gen)
-    noise = torch.randn(batch, cfg.chunk_size, cfg.max_action_dim, generator=gen)
-    return dict(images=images, img_masks=img_masks, lang_tokens=tokens, lang_masks=lang_masks, state=state,
-                noise=noise)
-
-
-def pcc(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float(a @ b / (a.norm() * b.norm()))
+from pi0_ttnn_node.embedded import adversarial_inputs, random_state_dict, sized_config
+from pi0_ttnn_node.tools.ttnn_counts import pcc
 
 
 def measure(model_type: str, size: str, preset: str, board: str = "wormhole_n150") -> Dict[str, float]:
@@ -65,12 +28,12 @@ def measure(model_type: str, size: str, preset: str, board: str = "wormhole_n150
     from pi0_ttnn_node.ttnn_backend.ttnn_config import resolve_runtime_config
     from pi0_ttnn_node.ttnn_backend.ttnn_pi0_model import PI0ModelTTNN
 
-    cfg = tiny_config(model_type) if size == "tiny" else mid_config(model_type)
+    cfg = sized_config(model_type, size)
     sd = random_state_dict(cfg, seed=11)
     ref = PI0Model(cfg)
     ref.load_state_dict(sd, strict=True)
     ref.eval()
-    inputs = inputs_for(cfg)
+    inputs = adversarial_inputs(cfg)
     args = {k: v for k, v in inputs.items() if k != "noise"}
     with torch.no_grad():
         expected = ref.sample_actions(**args, noise=inputs["noise"])

@@ -18,27 +18,12 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from pi0_ttnn_node.config import GemmaConfig, PI0Config, SiglipConfig
+from pi0_ttnn_node.config import PI0Config
 from pi0_ttnn_node.ttnn_backend.ttnn_config import TtRuntimeConfig, resolve_runtime_config
 
 TECHNIQUES = ("precompute_conditioning", "fused_mlp", "fused_rope", "kv_in_place",
               "l1_activations", "matmul_program_configs")
 ALL_OFF = {name: False for name in TECHNIQUES}
-
-
-def mid_config(model_type: str) -> PI0Config:
-    """Every width >= 256, 3 SigLIP and 4 Gemma layers, SigLIP heads of 72 (padded to 96 like
-    So400m), Gemma heads of 64: big enough for tile effects, small enough for the emulation."""
-    from pi0_ttnn_node.embedded import tiny_config
-
-    cfg = tiny_config(model_type)
-    return dataclasses.replace(
-        cfg,
-        vision=SiglipConfig(hidden_size=288, intermediate_size=576, num_layers=3, num_heads=4),
-        vlm=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=64,
-                        vocab_size=cfg.vlm.vocab_size),
-        expert=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1,
-                           head_dim=64, use_adarms=cfg.is_pi05))
 
 
 def ladder(base: TtRuntimeConfig, short: bool = False) -> List[Tuple[str, TtRuntimeConfig, int]]:
@@ -143,13 +128,13 @@ def pcc(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def technique_table(model_type: str, size: str, base: TtRuntimeConfig, short: bool = False
-                    ) -> List[Dict[str, Any]]:
+def technique_table(model_type: str, size: str, base: TtRuntimeConfig, short: bool = False,
+                    only: str = "") -> List[Dict[str, Any]]:
     """Every ladder row for one model and size (emulation counts; PCC vs Torch fp32)."""
-    from pi0_ttnn_node.embedded import random_state_dict, tiny_config
+    from pi0_ttnn_node.embedded import random_state_dict, sized_config
     from pi0_ttnn_node.torch_backend import PI0Model
 
-    cfg = tiny_config(model_type) if size == "tiny" else mid_config(model_type)
+    cfg = sized_config(model_type, size)
     state_dict = random_state_dict(cfg, 11)
     ref = PI0Model(cfg)
     ref.load_state_dict(state_dict, strict=True)
@@ -162,6 +147,8 @@ def technique_table(model_type: str, size: str, base: TtRuntimeConfig, short: bo
             expected[n] = ref.sample_actions(**args, noise=x["noise"], num_steps=n)
     rows = []
     for label, rc, steps in ladder(base, short):
+        if only and only not in label:
+            continue
         row = count_row(cfg, state_dict, rc, steps, expected)
         row.update(model=model_type, size=size, config=label, steps=steps)
         rows.append(row)

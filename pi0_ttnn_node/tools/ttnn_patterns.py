@@ -91,8 +91,8 @@ EVIDENCE: Dict[str, str] = {
     "cos": f"{PI0}ttnn_common.py create_sinusoidal_pos_embedding_ttnn",
     "zeros": "tt-metal models/tt_transformers/tt/attention.py (KV caches allocated once, zeroed); "
              "ours: resident [prefix ; suffix] K/V buffers allocated once per shape",
-    "clone": f"{PI0}-branch pi05 sample_actions_traced (trace buffers); ours: trace inputs beside "
-             "the CQ1 staging buffers, first call only",
+    "clone": "tt-metal PI0.5 branch (changh95/pi05, PR #43559) sample_actions_traced (trace "
+             "buffers); ours: trace inputs beside the CQ1 staging buffers, first call only",
     "copy": "PI0.5 branch sample_actions_traced (ttnn.copy of prefix K/V into traced buffers); "
             "ours: staging -> trace inputs on CQ0 (2 CQs), prefix K/V in concat mode",
     "zeros_like": f"{PI0}ttnn_prefix.py embed_prefix (all-zero ar mask)",
@@ -132,8 +132,8 @@ def collect(models: Iterable[str] = ("pi0", "pi05"), sizes: Iterable[str] = ("ti
     """Run each model / size / config twice on the emulated device; count every pattern."""
     import torch
 
-    from pi0_ttnn_node.embedded import random_state_dict, tiny_config
-    from pi0_ttnn_node.tools.ttnn_counts import _inputs, mid_config
+    from pi0_ttnn_node.embedded import random_state_dict, sized_config
+    from pi0_ttnn_node.tools.ttnn_counts import _inputs
     from pi0_ttnn_node.ttnn_backend.runtime import open_tt_device
     from pi0_ttnn_node.ttnn_backend.ttnn_config import resolve_runtime_config
     from pi0_ttnn_node.ttnn_backend.ttnn_op_log import OpLog
@@ -141,7 +141,7 @@ def collect(models: Iterable[str] = ("pi0", "pi05"), sizes: Iterable[str] = ("ti
     found: "collections.Counter[Row]" = collections.Counter()
     for size in sizes:
         for model_type in models:
-            cfg = tiny_config(model_type) if size == "tiny" else mid_config(model_type)
+            cfg = sized_config(model_type, size)
             sd = random_state_dict(cfg, 11)
             x = _inputs(cfg)
             args = {k: v for k, v in x.items() if k != "noise"}

@@ -5,6 +5,7 @@ Model, from public Tenstorrent sources:
   bfloat16 and bfloat8_b unpack losslessly (bf8's shared-exponent block becomes normalised bf16);
   float32 inputs lose their 13 low mantissa bits (jasondavies/tt-isa-documentation
   WormholeB0/TensixTile/TensixCoprocessor/SrcASrcB.md; tt-llk SrcFormatModel._fp32_to_tf32).
+  Denormal flushing is not modelled.
 - Multipliers are 5 x 7 bits: SrcA contributes 1 hidden + 4 mantissa bits per phase, SrcB 1 hidden
   + 6 (tt-metal tech_reports/matrix_engine/matrix_engine.md, "Math Fidelity"). Each fidelity phase
   multiplies one mantissa slice of each operand; LoFi runs phase 0, HiFi2 phases 0-1, HiFi3 0-2,
@@ -62,27 +63,26 @@ def fp32_acc(config: Any, default: bool = False) -> bool:
 
 
 def to_source_register(x: torch.Tensor, stored_fp32: bool) -> torch.Tensor:
-    """Value as SrcA/SrcB hold it: fp32 storage truncated to TF32, denormals flushed to zero."""
-    bits = x.to(torch.float32).contiguous().view(torch.int32)
-    if stored_fp32:
-        bits = bits & ~((1 << TF32_DROP) - 1)
-    exponent = (bits >> 23) & 0xFF
-    bits = torch.where(exponent == 0, bits & (1 << 31), bits)  # +-0 for zero and denormals
-    return bits.view(torch.float32)
+    """Value as SrcA/SrcB hold it: fp32 storage truncated to TF32; bf16 / bf8 values are unchanged.
+
+    (Denormals, which the hardware flushes, are left alone: not modelled.)
+    """
+    x = x.to(torch.float32).contiguous()
+    if not stored_fp32:
+        return x
+    return (x.view(torch.int32) & ~((1 << TF32_DROP) - 1)).view(torch.float32)
 
 
 def mantissa_slice(x: torch.Tensor, mask: int) -> torch.Tensor:
     """The part of x (already in source-register form) whose 11-bit mantissa is `mask`-ed.
 
-    With the hidden bit in the mask the result is sign * 2^e * (1.f & mask); without it the
-    hidden 1 is subtracted (exact: both values share the exponent).
+    With the hidden bit in the mask the result is sign * 2^e * (1.f & mask), one AND on the int32
+    view; without it the hidden 1 is subtracted (exact: both values share the exponent).
     """
     bits = x.contiguous().view(torch.int32)
-    sign_exp = bits & _SIGN_EXP
-    mant = (bits & _MANT) & ((mask & (HIDDEN_BIT - 1)) << TF32_DROP)
-    value = (sign_exp | mant).view(torch.float32)
+    value = (bits & (_SIGN_EXP | ((mask & (HIDDEN_BIT - 1)) << TF32_DROP))).view(torch.float32)
     if not mask & HIDDEN_BIT:
-        value = value - sign_exp.view(torch.float32)
+        value = value - (bits & _SIGN_EXP).view(torch.float32)
     return value
 
 
@@ -90,8 +90,16 @@ def _phase_operands(a: torch.Tensor, b: torch.Tensor, fidelity: str) -> Sequence
     """[(SrcA slice, SrcB slice)] per phase; HiFi4 is the unmasked pair (tt-llk golden)."""
     if fidelity == "HiFi4":
         return [(a, b)]
-    return [(mantissa_slice(a, ma), mantissa_slice(b, mb))
-            for ma, mb in PHASE_MASKS[:FIDELITY_PHASES[fidelity]]]
+    phases = FIDELITY_PHASES[fidelity]
+    a_hi = mantissa_slice(a, PHASE_MASKS[0][0])
+    b_hi = mantissa_slice(b, PHASE_MASKS[0][1])
+    pairs = [(a_hi, b_hi)]
+    if phases >= 2:  # SrcA's low slice: (hidden + both slices) - high slice
+        a_lo = mantissa_slice(a, PHASE_MASKS[0][0] | PHASE_MASKS[1][0]) - a_hi
+        pairs.append((a_lo, b_hi))
+    if phases >= 3:  # SrcB's two slices cover all 11 bits, so its low slice is b - high slice
+        pairs.append((a_hi, b - b_hi))
+    return pairs
 
 
 def round_dest(x: torch.Tensor, fp32: bool) -> torch.Tensor:
@@ -110,9 +118,9 @@ def card_matmul(x: torch.Tensor, w: torch.Tensor, *, fidelity: str, fp32_dest: b
         raise ValueError(f"unknown math fidelity {fidelity!r}; expected one of {list(FIDELITY_PHASES)}")
     src_b, src_a = to_source_register(x, x_fp32), to_source_register(w, w_fp32)
     phases = [(sb, sa) for sa, sb in _phase_operands(src_a, src_b, fidelity)]
-    if fp32_dest:
-        out = phases[0][0] @ phases[0][1]
-        for sb, sa in phases[1:]:
+    if fp32_dest:  # an fp32 sum: phases sharing a SrcB slice fold into one product
+        out = phases[0][0] @ (phases[0][1] if len(phases) == 1 else phases[0][1] + phases[1][1])
+        for sb, sa in phases[2:]:
             out = out + sb @ sa
         return out
     k = x.shape[-1]
@@ -127,12 +135,12 @@ def card_matmul(x: torch.Tensor, w: torch.Tensor, *, fidelity: str, fp32_dest: b
         while sb.dim() < sa.dim():
             sb = sb.unsqueeze(1)
         partials.append(sb @ sa)  # [tiles, ..., M, N]
-    acc: Optional[torch.Tensor] = None
+    acc = partials[0][0].to(torch.bfloat16)
     for tile in range(tiles):
-        for partial in partials:
-            acc = round_dest(partial[tile] if acc is None else acc + partial[tile], False)
-    assert acc is not None
-    return acc
+        for index, partial in enumerate(partials):
+            if tile or index:
+                acc = torch.add(partial[tile], acc).to(torch.bfloat16)  # fp32 sum, one bf16 rounding
+    return acc.to(torch.float32)
 
 
 def card_multiply(a: torch.Tensor, b: torch.Tensor, *, fidelity: str, fp32_dest: bool,

@@ -4,8 +4,9 @@
 declared with `knob(...)`, whose metadata (help, choices, range, whether a preset sets it) is the one
 source for the node parameters (`policy.ttnn_<field>`, generated in control/parameters.py), the
 tools' CLI flags (`add_ttnn_arguments`) and the docs. A preset ("accurate", "fast") fills every
-preset-driven knob; an explicit parameter or flag overrides just that knob. Unset means: "" for text knobs and
-preset-driven booleans (which are "true" / "false" when set), -1 for preset-driven integers.
+preset-driven knob; an explicit parameter or flag overrides just that knob. Unset means: "" for
+text knobs and preset-driven booleans (which are "true" / "false" when set), -1 for preset-driven
+integers.
 Counterpart: runtime.py (opens the device this config describes).
 """
 

@@ -27,6 +27,7 @@ Weights = Dict[str, "ttnn.Tensor"]
 KV = Tuple["ttnn.Tensor", "ttnn.Tensor"]
 
 
+
 @dataclass
 class RotaryTTNN:
     """Per-token RoPE rows for one sequence. Fused form: cos/sin [B, 1, N, hdp] broadcast over
@@ -85,7 +86,7 @@ def rope_cos_sin(position_ids: "ttnn.Tensor", weights: Weights, config: GemmaCon
     for name in ("rope.cos", "rope.sin"):
         t = ttnn.embedding(position_ids, weights[name], layout=ttnn.TILE_LAYOUT,
                            memory_config=memory)  # [B, N, hdp]
-        tables.append(ttnn.reshape(t, (b, 1, n, hdp)))
+        tables.append(ttnn.reshape(t, (b, 1, n, hdp), memory_config=memory))
     cos, sin = tables
     if fused_rope_ok(config, fused):
         return RotaryTTNN(cos, sin, cos, sin, None)
@@ -254,7 +255,8 @@ class GemmaAttentionTTNN(LightweightModule):
                          *(() if slot.in_place else (keys, values)))
         merged = ttnn.experimental.nlp_concat_heads(attn, memory_config=memory)  # [B,1,N,Hq hdp]
         plan.release(self.group, attn)
-        out = plan.linear(merged, self.wo, self.group)
+        # the residual stream (o-proj and MLP-down outputs) stays bf16, as tt-metal keeps it
+        out = plan.linear(merged, self.wo, self.group, dtype=ttnn.bfloat16)
         plan.release(self.group, merged)
         return out, (k, v)
 
@@ -296,7 +298,7 @@ class GemmaMLPTTNN(LightweightModule):
             gate = ttnn.gelu(gate, variant=ttnn.GeluVariant.Tanh, memory_config=memory)
             up = plan.linear(x, self.up, group, dtype=act)
             hidden = ttnn.multiply(gate, up, memory_config=memory)
-        out = plan.linear(hidden, self.down, group)
+        out = plan.linear(hidden, self.down, group, dtype=ttnn.bfloat16)  # residual stream
         plan.release(group, hidden)
         return out
 

@@ -17,7 +17,7 @@ import ttnn
 
 from pi0_ttnn_node.config import SiglipConfig
 from pi0_ttnn_node.ttnn_backend.ttnn_common import LightweightModule
-from pi0_ttnn_node.ttnn_backend.ttnn_weights import padded_head_dim, patch_k
+from pi0_ttnn_node.ttnn_backend.ttnn_weights import patch_k
 
 Weights = Dict[str, "ttnn.Tensor"]
 
@@ -73,7 +73,7 @@ class SiglipAttentionTTNN(LightweightModule):
         plan.release("vision", q, k, v)
         merged = ttnn.experimental.nlp_concat_heads(out, memory_config=memory)  # [N,1,S,H hdp]
         plan.release("vision", out)
-        result = plan.linear(merged, self.wo, "vision", bias=self.bo)
+        result = plan.linear(merged, self.wo, "vision", bias=self.bo, dtype=ttnn.bfloat16)
         plan.release("vision", merged)
         return result
 
@@ -98,7 +98,7 @@ class SiglipMLPTTNN(LightweightModule):
         g = ttnn.gelu(h, variant=ttnn.GeluVariant.Tanh,
                       memory_config=hidden_memory or plan.memory("vision"))
         plan.release("vision", h)
-        out = plan.linear(g, self.fc2_w, "vision", bias=self.fc2_b)
+        out = plan.linear(g, self.fc2_w, "vision", bias=self.fc2_b, dtype=ttnn.bfloat16)
         plan.release("vision", g)
         return out
 

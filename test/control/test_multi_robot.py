@@ -288,3 +288,31 @@ def test_the_benchmark_reports_calls_rows_and_per_robot_latency(tmp_path, capsys
     (thr,), (live,) = result["throughput"], result["live"]
     assert thr["rows_per_s_batched"] > 0 and thr["rows_per_s_single"] > 0
     assert live["calls"] > 0 and set(live["per_robot"]) == {"robot0", "robot1"}
+
+
+def test_robots_out_of_phase_are_brought_into_one_call_by_align_steps(policy):
+    """b starts 7 ticks after a: without alignment their requests never meet in one call."""
+    def run(align):
+        fleet = Fleet(specs(["a", "b"], **{"schedule.execute_steps": 10,
+                                          "batch.align_steps": align}), policy, window_s=0.0)
+        rows = []
+        for k in range(45):  # simulated clock; each call is run in line, lands 2 ticks later
+            now = T0 + k * DT
+            for name, core in fleet.cores.items():
+                if name == "a" or k >= 7:
+                    feed(core, now)
+            fleet.tick(now)
+            with fleet.worker._cond:
+                batch = sorted(fleet.worker._pending.values(), key=lambda r: r.submitted)
+                fleet.worker._pending = {}
+            if batch:
+                report = run_batch(policy, fleet.cores, batch)
+                if report.calls:  # not only rejected rows (b before its first frame)
+                    rows.append(report.rows_per_call)
+                deliver(report, fleet.cores, lambda: now + 2 * DT)
+        return rows, fleet
+    rows_off, _ = run(0)
+    rows_on, fleet = run(5)
+    assert all(r == (1,) for r in rows_off), rows_off  # never together
+    assert fleet.aligned >= 1 and (2,) in rows_on[-3:], rows_on  # together from then on
+    assert all(c.accepted >= 3 for c in fleet.cores.values())

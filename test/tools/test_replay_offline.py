@@ -93,7 +93,7 @@ def test_ab_replay_reports_sane_divergence_between_backends(demo_bag, tmp_path):
     code, report = _run(demo_bag, tmp_path / "ab", *B_SIDE, "--max-inferences", "2",
                         "--threshold", "1e-9")
     assert code == 0
-    assert report["backends"]["b"]["label"] == ("ttnn/emulated" if HAS_TTNN else
+    assert report["backends"]["b"]["label"] == ("ttnn/0/emulated" if HAS_TTNN else
                                                 "torch/cpu/bfloat16")
     assert report["backends"]["b"]["latency_ms"]["count"] == 2
     div = report["divergence"]

@@ -8,15 +8,13 @@ import dataclasses
 import functools
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/pcc.py, the shared helper
 
-from pi0_ttnn_node.config import GemmaConfig, PI0Config, SiglipConfig  # noqa: E402
-from pi0_ttnn_node.embedded import random_state_dict, tiny_config  # noqa: E402
+from pi0_ttnn_node.embedded import random_state_dict, sized_config  # noqa: E402
 from pi0_ttnn_node.torch_backend import PI0Model  # noqa: E402
 from pi0_ttnn_node.ttnn_backend.runtime import (TtRuntimeConfig, card_present,  # noqa: E402
                                                 import_ttnn, open_tt_device)
@@ -29,47 +27,14 @@ TRACE_REGION = 80_000_000
 WEIGHT_GROUPS = ("vision", "vlm", "expert", "heads")
 
 
-def make_config(model_type: str, size: str) -> PI0Config:
-    """`tiny`: the embedded model. `mid`: every width >= 256, 3 SigLIP and 4 Gemma layers, SigLIP
-    heads of 72 (padded to 96 like So400m), Gemma heads of 64 (rotary_embedding-sized)."""
-    cfg = tiny_config(model_type)
-    if size == "tiny":
-        return cfg
-    return dataclasses.replace(
-        cfg,
-        vision=SiglipConfig(hidden_size=288, intermediate_size=576, num_layers=3, num_heads=4),
-        vlm=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=64,
-                        vocab_size=cfg.vlm.vocab_size),
-        expert=GemmaConfig(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1,
-                           head_dim=64, use_adarms=cfg.is_pi05))
-
-
 @functools.lru_cache(maxsize=None)
 def reference(model_type: str, size: str):
     """(config, internal state dict, fp32 torch PI0Model) shared by every test of one config."""
-    cfg = make_config(model_type, size)
+    cfg = sized_config(model_type, size)
     sd = random_state_dict(cfg, seed=11)
     model = PI0Model(cfg)
     model.load_state_dict(sd, strict=True)
     return cfg, sd, model.eval()
-
-
-def make_inputs(cfg: PI0Config, seed: int = 1) -> Dict[str, object]:
-    """Batch of 2: row 0 has its middle camera masked and a 5-token prompt, row 1 a longer one."""
-    gen = torch.Generator().manual_seed(seed)
-    size, lang = cfg.vision.image_size, cfg.tokenizer_max_length
-    images = [torch.rand(BATCH, 3, size, size, generator=gen) * 2 - 1
-              for _ in range(cfg.num_image_slots)]
-    img_masks = [torch.tensor([True, True]) for _ in range(cfg.num_image_slots)]
-    img_masks[1] = torch.tensor([False, True])
-    lang_masks = torch.zeros(BATCH, lang, dtype=torch.bool)
-    lang_masks[0, :5] = True
-    lang_masks[1, :min(lang, 17)] = True
-    tokens = torch.randint(1, cfg.vlm.vocab_size, (BATCH, lang), generator=gen) * lang_masks
-    state = None if cfg.is_pi05 else torch.randn(BATCH, cfg.max_state_dim, generator=gen)
-    noise = torch.randn(BATCH, cfg.chunk_size, cfg.max_action_dim, generator=gen)
-    return dict(images=images, img_masks=img_masks, lang_tokens=tokens, lang_masks=lang_masks,
-                state=state, noise=noise)
 
 
 @pytest.fixture(scope="module",

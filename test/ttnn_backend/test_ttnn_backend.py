@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_inputs, reference
+from conftest import reference
+from pi0_ttnn_node.embedded import adversarial_inputs
 from pcc import assert_pcc
 
 from pi0_ttnn_node.backends import BackendSpec, create_backend
@@ -27,7 +28,7 @@ def _checkpoint(model_type: str) -> LoadedCheckpoint:
 
 
 def _model_inputs(cfg) -> tuple:
-    raw = make_inputs(cfg)
+    raw = adversarial_inputs(cfg)
     state = raw["state"] if raw["state"] is not None else torch.zeros(2, cfg.max_state_dim)
     inputs = ModelInputs(images=raw["images"], img_masks=raw["img_masks"],
                          lang_tokens=raw["lang_tokens"], lang_masks=raw["lang_masks"], state=state)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BATCH, download, make_inputs, reference, runtime_config, ttnn, upload
+from conftest import BATCH, download, reference, runtime_config, ttnn, upload
+from pi0_ttnn_node.embedded import adversarial_inputs
 from pcc import assert_pcc
 
 from pi0_ttnn_node import masks
@@ -33,7 +34,7 @@ def _sample(model, inputs, noise=None):
 @pytest.mark.parametrize("model_type,size,weight_dtype", CASES)
 def test_sample_actions_matches_torch(tt, model_type, size, weight_dtype):
     cfg, ref, dut = _model(tt, model_type, size, weight_dtype)
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     expected = _sample(ref, inputs)
     actual = _sample(dut, inputs)
     assert actual.shape == (BATCH, cfg.chunk_size, cfg.max_action_dim)
@@ -46,7 +47,7 @@ def test_sample_actions_matches_torch(tt, model_type, size, weight_dtype):
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_first_step_velocity_matches_torch(tt, model_type):
     cfg, ref, dut = _model(tt, model_type)
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     with torch.no_grad():
         cache = ref.prefill(*ref.embed_prefix(inputs["images"], inputs["img_masks"],
                                               inputs["lang_tokens"], inputs["lang_masks"]))
@@ -61,7 +62,7 @@ def test_first_step_velocity_matches_torch(tt, model_type):
 
 def test_pixels_of_a_masked_camera_do_not_change_the_actions(tt):
     cfg, _, dut = _model(tt, "pi05")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     first = _sample(dut, inputs)
     inputs["images"][1] = inputs["images"][1].clone()
     inputs["images"][1][0] = torch.rand_like(inputs["images"][1][0])  # row 0 masks camera 1
@@ -70,7 +71,7 @@ def test_pixels_of_a_masked_camera_do_not_change_the_actions(tt):
 
 def test_tokens_behind_the_language_mask_do_not_change_the_actions(tt):
     cfg, _, dut = _model(tt, "pi0")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     first = _sample(dut, inputs)
     inputs["lang_tokens"] = inputs["lang_tokens"].clone()
     inputs["lang_tokens"][0, 5:] = 7  # padding region of row 0
@@ -79,7 +80,7 @@ def test_tokens_behind_the_language_mask_do_not_change_the_actions(tt):
 
 def test_fresh_noise_gives_fresh_actions_and_equal_noise_equal_actions(tt):
     cfg, _, dut = _model(tt, "pi0")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     a = _sample(dut, inputs)
     assert torch.equal(_sample(dut, inputs), a)
     assert not torch.allclose(_sample(dut, inputs, torch.randn_like(inputs["noise"])), a)
@@ -100,7 +101,7 @@ def test_rope_rows_gathered_on_device_match_torch_for_arbitrary_positions(tt):
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_device_masks_and_positions_follow_masks_py_on_every_valid_token(model_type):
     cfg, _, _ = reference(model_type, "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     obs = prepare_observation(cfg, **inputs, num_steps=3)
     n = cfg.num_image_slots * cfg.vision.num_patches
     img = torch.stack(inputs["img_masks"], 1).repeat_interleave(cfg.vision.num_patches, 1)
@@ -128,7 +129,7 @@ def test_device_masks_and_positions_follow_masks_py_on_every_valid_token(model_t
 def test_traced_denoise_loop_replays_to_the_eager_result(tt, model_type):
     cfg, _, eager = _model(tt, model_type)
     _, _, traced = _model(tt, model_type, use_trace=True)
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     other = torch.randn_like(inputs["noise"])
     try:
         assert torch.equal(_sample(traced, inputs), _sample(eager, inputs))  # warm-up + capture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import download, make_inputs, reference, runtime_config, ttnn, upload
+from conftest import download, reference, runtime_config, ttnn, upload
+from pi0_ttnn_node.embedded import adversarial_inputs
 from pcc import assert_pcc
 
 from pi0_ttnn_node.ttnn_backend.ttnn_pi0_model import PI0ModelTTNN
@@ -30,7 +31,7 @@ def _device_inputs(tt, inputs):
 def test_prefix_components_match_torch(tt, model_type, size, weight_dtype):
     cfg, sd, model = reference(model_type, size)
     dut = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, weight_dtype))
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     dev = _device_inputs(tt, inputs)
     label = f"{model_type}-{size}"
     with torch.no_grad():

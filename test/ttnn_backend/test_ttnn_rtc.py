@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs, reference, runtime_config
+from conftest import reference, runtime_config
+from pi0_ttnn_node.embedded import adversarial_inputs
 from pcc import assert_pcc
 from test_ttnn_transfers import MODES, count_transfers, expected_uploads
 
@@ -50,7 +51,7 @@ def test_ttnn_rtc_matches_torch_rtc_forward(tt, monkeypatch, model_type, mode):
     """PCC >= 0.99 per call; the last guided call changes Y, W and beta, so a trace that did not
     refresh its RTC buffers would return the previous chunk (checked against the spread)."""
     cfg, sd, torch_model = reference(model_type, "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     first = _guidance(torch_model, inputs)
     other = _guidance(torch_model, inputs, beta=2.0, seed=8, delay=6)
     traced = mode != "eager"
@@ -86,7 +87,7 @@ def test_guided_loop_makes_no_transfer(tt, monkeypatch, mode):
     """stage = the one upload (RTC tensors included), launch = no transfer, collect = one
     download; traced modes replay from the second call on."""
     cfg, sd, torch_model = reference("pi0", "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     guidance = _guidance(torch_model, inputs)
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, **MODES[mode]))
     steps = cfg.num_inference_steps
@@ -116,7 +117,7 @@ def test_guided_loop_makes_no_transfer(tt, monkeypatch, mode):
 @pytest.mark.parametrize("mode", ["eager", "whole-2cq"])
 def test_inactive_guidance_is_the_plain_call_bit_for_bit(tt, monkeypatch, mode):
     cfg, sd, torch_model = reference("pi05", "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     g = _guidance(torch_model, inputs)
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, **MODES[mode]))
     try:
@@ -134,7 +135,7 @@ def test_inactive_guidance_is_the_plain_call_bit_for_bit(tt, monkeypatch, mode):
 
 def test_vjp_is_refused_with_a_clear_error(tt):
     cfg, sd, torch_model = reference("pi0", "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt))
     with pytest.raises(ConfigError, match="no autograd.*forward"):
         model.sample_actions(**_args(inputs), noise=inputs["noise"],

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs, reference, runtime_config, ttnn
+from conftest import reference, runtime_config, ttnn
+from pi0_ttnn_node.embedded import adversarial_inputs
 from pcc import pcc
 
 from pi0_ttnn_node.tools.ttnn_counts import ALL_OFF, TECHNIQUES, steady_call
@@ -32,7 +33,7 @@ def _step_ops(tt, cfg, sd, rc, inputs, steps: int = 2) -> float:
 @pytest.mark.parametrize("technique", TECHNIQUES)
 def test_each_technique_alone_keeps_the_actions(tt, model_type, technique):
     cfg, sd, ref = reference(model_type, "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     with torch.no_grad():
         want = ref.sample_actions(**_args(inputs), noise=inputs["noise"])
     off = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, **ALL_OFF))
@@ -47,7 +48,7 @@ def test_per_step_techniques_cut_the_ops_of_every_denoise_step(tt, model_type):
     if not tt.is_emulated:
         pytest.skip("op counts come from the emulated device")
     cfg, sd, _ = reference(model_type, "mid")  # head_dim 64: rotary_embedding applies
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     before = _step_ops(tt, cfg, sd, runtime_config(tt, **ALL_OFF), inputs)
     knobs = dict(ALL_OFF)
     for technique in PER_STEP:
@@ -64,7 +65,7 @@ def test_whole_inference_trace_with_two_queues_replays_the_eager_result(tt, mode
     eager = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt))
     traced = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(
         tt, trace="whole", num_command_queues=2))
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     other = torch.randn_like(inputs["noise"])
     try:
         for noise in (inputs["noise"], other, inputs["noise"]):  # capture, replay, replay
@@ -79,7 +80,7 @@ def test_pipelined_two_queue_calls_return_each_observations_own_chunk(tt):
     cfg, sd, _ = reference("pi05", "tiny")
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, trace="whole",
                                                            num_command_queues=2))
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     noises = [torch.randn_like(inputs["noise"]) for _ in range(3)]
     try:
         want = [model.sample_actions(**_args(inputs), noise=n) for n in noises]
@@ -99,7 +100,7 @@ def test_pipelined_two_queue_calls_return_each_observations_own_chunk(tt):
 
 def test_five_steps_run_half_the_denoise_work(tt):
     cfg, sd, ref = reference("pi0", "tiny")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, trace="whole"))
     try:
         got = model.sample_actions(**_args(inputs), noise=inputs["noise"], num_steps=5)
@@ -114,7 +115,7 @@ def test_five_steps_run_half_the_denoise_work(tt):
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_fast_preset_keeps_end_to_end_pcc_at_the_mid_size(tt, model_type):
     cfg, sd, ref = reference(model_type, "mid")
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, preset="fast"))
     try:
         got = [model.sample_actions(**_args(inputs), noise=inputs["noise"]) for _ in range(2)]

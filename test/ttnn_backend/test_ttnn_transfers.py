@@ -13,7 +13,8 @@ import contextlib
 from typing import Dict, Iterator, List
 
 import pytest
-from conftest import make_inputs, reference, runtime_config, ttnn
+from conftest import reference, runtime_config, ttnn
+from pi0_ttnn_node.embedded import adversarial_inputs
 
 from pi0_ttnn_node.tools.ttnn_counts import ALL_OFF
 
@@ -65,7 +66,7 @@ MODES = {"eager": dict(), "trace": dict(trace="denoise"),
 def test_each_call_uploads_once_and_downloads_once(tt, monkeypatch, model_type, mode):
     cfg, sd, _ = reference(model_type, "tiny")
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, **MODES[mode]))
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     try:
         for call in range(3):  # first call (trace: warm-up + capture), then replays
             with count_transfers(monkeypatch) as log:
@@ -82,7 +83,7 @@ def test_each_call_uploads_once_and_downloads_once(tt, monkeypatch, model_type, 
 def test_no_transfer_while_vision_prefill_and_denoise_loop_run(tt, monkeypatch, mode):
     cfg, sd, _ = reference("pi0", "tiny")
     model = PI0ModelTTNN(cfg, sd, tt.device, runtime_config(tt, **MODES[mode]))
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     steps = cfg.num_inference_steps
     try:
         for call in range(2):
@@ -115,7 +116,7 @@ def test_every_matmul_and_attention_flop_runs_as_a_ttnn_op(tt, model_type, size,
     cfg, sd, _ = reference(model_type, size)
     rc = runtime_config(tt, **(ALL_OFF if techniques == "all-off" else {}))
     model = PI0ModelTTNN(cfg, sd, tt.device, rc)
-    inputs = make_inputs(cfg)
+    inputs = adversarial_inputs(cfg)
     with tt.device.stats.measure() as region:
         model.sample_actions(**_args(inputs), noise=inputs["noise"])
     analytic = matmul_flops(cfg, inputs["lang_tokens"].shape[0], inputs["lang_tokens"].shape[1],
