@@ -40,8 +40,14 @@ class TtnnBackend:
         try:
             from pi0_ttnn_node.ttnn_backend.ttnn_pi0_model import PI0ModelTTNN
 
-            self.model: Optional[Any] = PI0ModelTTNN(self.config, checkpoint.state_dict,
-                                                     self.handle.device, self.runtime_config)
+            if runtime_config.mesh_shape != "1x1":  # data parallel over chips
+                from pi0_ttnn_node.ttnn_backend.ttnn_mesh import MeshPI0ModelTTNN
+
+                self.model: Optional[Any] = MeshPI0ModelTTNN(
+                    self.config, checkpoint.state_dict, self.handle.device, self.runtime_config)
+            else:
+                self.model = PI0ModelTTNN(self.config, checkpoint.state_dict,
+                                          self.handle.device, self.runtime_config)
         except BaseException:
             self.handle.close()
             raise
@@ -64,6 +70,7 @@ class TtnnBackend:
             device = ("EMULATED (CPU, not a Tenstorrent card; timings are not hardware timings) "
                       f"{rc.emulated_board}")
         return {"backend": "ttnn", "device": device, "emulated": self.is_emulated,
+                "mesh_shape": rc.mesh_shape,
                 "model_type": self.config.model_type, "trace": rc.trace,
                 "num_command_queues": rc.num_command_queues,
                 "weight_dtypes": {"vision": rc.weight_dtype_vision, "vlm": rc.weight_dtype_vlm,

@@ -94,7 +94,10 @@ class TtDevice:
         try:
             self.ttnn.synchronize_device(self.device)
         finally:
-            self.ttnn.close_device(self.device)
+            if self.cfg.mesh_shape != "1x1":
+                self.ttnn.close_mesh_device(self.device)
+            else:
+                self.ttnn.close_device(self.device)
         LOG.info("closed Tenstorrent device %d", self.cfg.device_id)
 
     def __enter__(self) -> "TtDevice":
@@ -126,6 +129,10 @@ def _open_card(cfg: TtRuntimeConfig) -> TtDevice:
             f"no Tenstorrent device was found (no {CARD_GLOB}; is the tt-kmd driver loaded?); {EMULATION_HINT}"
         )
     ttnn = import_ttnn(emulate=False)
+    if cfg.mesh_shape != "1x1":  # data parallel over chips (ttnn_mesh.py)
+        from pi0_ttnn_node.ttnn_backend.ttnn_mesh import open_card_mesh
+
+        return TtDevice(cfg, ttnn, open_card_mesh(ttnn, cfg), is_emulated=False)
     try:
         device = ttnn.open_device(
             device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,
@@ -151,10 +158,14 @@ def _open_emulated(cfg: TtRuntimeConfig) -> TtDevice:
         descriptor = mock_cluster_descriptor(cfg.emulated_board)
     elif descriptor != mock_cluster_descriptor(cfg.emulated_board):
         LOG.warning("%s is set to %s; it overrides emulated_board=%s", MOCK_ENV, descriptor, cfg.emulated_board)
-    device = open_emulated_device(
-        ttnn, descriptor, device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,
-        trace_region_size=cfg.trace_region_size, num_command_queues=cfg.num_command_queues,
-    )
+    args = dict(device_id=cfg.device_id, l1_small_size=cfg.l1_small_size,
+                trace_region_size=cfg.trace_region_size, num_command_queues=cfg.num_command_queues)
+    if cfg.mesh_shape != "1x1":  # one emulated device per chip (emulated_mesh.py)
+        from pi0_ttnn_node.ttnn_backend.emulated_mesh import open_emulated_mesh
+
+        return TtDevice(cfg, ttnn, open_emulated_mesh(ttnn, descriptor, cfg.mesh_shape, **args),
+                        is_emulated=True)
+    device = open_emulated_device(ttnn, descriptor, **args)
     return TtDevice(cfg, ttnn, device, is_emulated=True)
 
 

@@ -25,6 +25,7 @@ DTYPES = ("bfloat16", "bfloat8_b", "float32")
 WEIGHT_DTYPES = ("bfloat16", "bfloat8_b")
 FIDELITIES = ("LoFi", "HiFi2", "HiFi3", "HiFi4")
 TRACE_SCOPES = ("off", "denoise", "whole")
+MESH_SHAPES = ("1x1", "1x2", "1x4", "1x8", "2x4")
 PARAM_PREFIX = "policy.ttnn_"
 DEFAULT_PRESET = "accurate"
 
@@ -47,6 +48,10 @@ class TtRuntimeConfig:
     emulated_board: str = knob("wormhole_n150", "Board the emulation models (core grid, L1, "
                                                 "DRAM from its cluster descriptor).",
                                choices=tuple(EMULATED_BOARDS))
+    mesh_shape: str = knob("1x1", "ttnn.MeshShape ROWSxCOLS of chips for data parallelism: "
+                                  "weights on every chip, batch rows sharded evenly (1x1 = one "
+                                  "device; n300: 1x2; T3K: 1x8). The emulation has 2 chips "
+                                  "(wormhole_n300).", choices=MESH_SHAPES)
     l1_small_size: int = knob(24576, "ttnn.open_device l1_small_size in bytes (tt-metal's PI0 "
                                      "value).", low=0, high=1 << 30)
     trace_region_size: int = knob(0, "ttnn.open_device trace_region_size in bytes; 0 = none "
